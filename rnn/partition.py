@@ -1,0 +1,151 @@
+"""Stage 3, partition: contiguous splits, and the chapter's two minibatch schemes.
+
+Both schemes return a whole epoch as arrays ``X, Y`` of shape (num_batches, batch_size, num_steps)
+with ``Y`` the next token of ``X``; they are vectorised (one gather), deterministic given
+``(seed, epoch)``, and reproduce ``seq_data_iter_random`` / ``seq_data_iter_sequential`` exactly.
+
+Sequential partitioning, batch_size=2, num_steps=3, offset=1 on tokens 0..14::
+
+    corpus   0 | 1 2 3 4 5 6 | 7 8 9 10 11 12 | 13 14     (offset dropped; tail dropped)
+    rows     row 0: 1 2 3 | 4 5 6        minibatch 0 = columns 0..2, minibatch 1 = 3..5
+             row 1: 7 8 9 | 10 11 12
+    Row r of minibatch i+1 continues row r of minibatch i, so the hidden state can carry over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rnn.atomic import atomic_path
+from rnn.config import PartitionConfig
+from rnn.errors import PipelineError
+from rnn.vocab import load_ids
+
+SPLITS = ("train", "valid", "test")
+SUMMARY_FILE = "partition.json"
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """One independent stream per (seed, epoch): epochs can be replayed in any order on resume."""
+    return np.random.default_rng([seed, epoch])
+
+
+def random_sampling(
+    ids: np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop a random prefix of 0..num_steps-1 tokens, cut non-overlapping subsequences and
+    shuffle their starts; adjacent minibatches are unrelated, so state is reset each time."""
+    corpus = ids[int(rng.integers(0, num_steps)) :]
+    num_subseqs = (len(corpus) - 1) // num_steps
+    num_batches = num_subseqs // batch_size
+    starts = rng.permutation(num_subseqs)[: num_batches * batch_size] * num_steps
+    index = starts.reshape(num_batches, batch_size, 1) + np.arange(num_steps)
+    return np.asarray(corpus[index]), np.asarray(corpus[index + 1])
+
+
+def sequential_partitioning(
+    ids: np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop a random prefix of 0..num_steps tokens (inclusive), lay the rest out as batch_size rows
+    and cut the rows into adjacent column slices (see the module docstring)."""
+    offset = int(rng.integers(0, num_steps + 1))
+    num_tokens = ((len(ids) - offset - 1) // batch_size) * batch_size
+    xs = np.asarray(ids[offset : offset + num_tokens]).reshape(batch_size, -1)
+    ys = np.asarray(ids[offset + 1 : offset + 1 + num_tokens]).reshape(batch_size, -1)
+    num_batches = xs.shape[1] // num_steps
+    width = num_batches * num_steps
+
+    def cut(a: np.ndarray) -> np.ndarray:
+        return a[:, :width].reshape(batch_size, num_batches, num_steps).transpose(1, 0, 2)
+
+    return cut(xs), cut(ys)
+
+
+SCHEMES = {"random": random_sampling, "sequential": sequential_partitioning}
+
+
+def epoch_minibatches(
+    ids: np.ndarray, batch_size: int, num_steps: int, sampling: str, seed: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    return SCHEMES[sampling](ids, batch_size, num_steps, epoch_rng(seed, epoch))
+
+
+def iter_minibatches(ids, batch_size, num_steps, sampling, seed, epoch):
+    """The chapter's iterator interface: yields (X, Y) pairs of shape (batch_size, num_steps)."""
+    xs, ys = epoch_minibatches(ids, batch_size, num_steps, sampling, seed, epoch)
+    yield from zip(xs, ys, strict=True)
+
+
+def min_tokens(batch_size: int, num_steps: int) -> int:
+    """Fewest tokens that give one minibatch under either scheme, whatever the random offset."""
+    return batch_size * num_steps + num_steps + 1
+
+
+def num_minibatches(n: int, batch_size: int, num_steps: int, sampling: str, offset: int) -> int:
+    if sampling == "random":
+        return ((n - offset - 1) // num_steps) // batch_size
+    return ((n - offset - 1) // batch_size) // num_steps
+
+
+@dataclass(frozen=True)
+class PartitionSummary:
+    out_dir: str
+    sizes: dict[str, int]
+    minibatches_per_epoch: int
+
+
+def split_sizes(n: int, cfg: PartitionConfig) -> dict[str, int]:
+    valid, test = int(n * cfg.valid), int(n * cfg.test)
+    return {"train": n - valid - test, "valid": valid, "test": test}
+
+
+def partition(ids_path: str | Path, cfg: PartitionConfig, out_dir: str | Path) -> PartitionSummary:
+    """Write train/valid/test .npy files (contiguous, in corpus order) and partition.json."""
+    out_dir = Path(out_dir)
+    ids = load_ids(ids_path)
+    if cfg.max_tokens is not None:
+        ids = ids[: cfg.max_tokens]
+    sizes = split_sizes(len(ids), cfg)
+    need = min_tokens(cfg.batch_size, cfg.num_steps)
+    if sizes["train"] < need:
+        raise PipelineError(
+            f"the training split has {sizes['train']} tokens, fewer than one minibatch of "
+            f"batch_size={cfg.batch_size} x num_steps={cfg.num_steps} needs ({need})",
+            "use a longer corpus, raise partition.max_tokens or partition.train, "
+            "or lower partition.batch_size / num_steps",
+        )
+    for name in ("valid", "test"):
+        if 0 < sizes[name] <= cfg.num_steps:
+            raise PipelineError(
+                f"the {name} split has {sizes[name]} tokens, too few for one sequence of "
+                f"num_steps={cfg.num_steps}",
+                f"raise partition.{name} or set it to 0",
+            )
+    bounds = np.cumsum([0, *sizes.values()])
+    summary = PartitionSummary(
+        str(out_dir),
+        sizes,
+        num_minibatches(sizes["train"], cfg.batch_size, cfg.num_steps, cfg.sampling, 0),
+    )
+    with (
+        atomic_path(out_dir / "train.npy") as train,
+        atomic_path(out_dir / "valid.npy") as valid,
+        atomic_path(out_dir / "test.npy") as test,
+        atomic_path(out_dir / SUMMARY_FILE) as meta,
+    ):
+        for tmp, lo, hi in zip((train, valid, test), bounds[:-1], bounds[1:], strict=True):
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(ids[lo:hi]))
+        meta.write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def load_split(out_dir: str | Path, name: str) -> np.ndarray:
+    path = Path(out_dir) / f"{name}.npy"
+    if not path.is_file():
+        raise PipelineError(f"split {path} not found", "run `rnn partition` first")
+    return np.load(path, mmap_mode="r")

@@ -1,0 +1,219 @@
+"""Stage 2, vocabulary: cleaned text -> token list (vocab.json) + the corpus as integer ids (ids.npy).
+
+Tokens are counted and encoded with NumPy/Arrow kernels, never a per-token Python loop. The order is
+the book's: ``<unk>`` at 0, reserved tokens next, then corpus tokens by descending frequency with
+ties broken by first occurrence (what ``sorted(Counter(...).items(), ...)`` does, being stable).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rnn.atomic import atomic_path
+from rnn.config import VocabConfig
+from rnn.corpus import read_provenance, read_text_rows
+from rnn.errors import PipelineError
+
+UNK = "<unk>"
+VOCAB_FILE, IDS_FILE = "vocab.json", "ids.npy"
+_ASCII_SPAN, _UNICODE_SPAN = 128, 0x110000
+_BLOCK = 1 << 22
+_NEVER = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token <-> id mapping; ``counts[i]`` is how often token i occurs in the encoded corpus."""
+
+    tokens: tuple[str, ...]
+    counts: tuple[int, ...]
+    token_type: str
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def encode(self, text: str) -> list[int]:
+        index = self.index
+        pieces = list(text) if self.token_type == "char" else text.split()
+        return [index.get(p, 0) for p in pieces]
+
+    def decode(self, ids) -> str:
+        sep = "" if self.token_type == "char" else " "
+        return sep.join(self.tokens[int(i)] for i in ids)
+
+    def to_json(self, **extra) -> dict:
+        return {"token_type": self.token_type, "tokens": list(self.tokens),
+                "counts": list(self.counts), **extra}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        path = Path(path)
+        if path.is_dir():
+            path = path / VOCAB_FILE
+        if not path.is_file():
+            raise PipelineError(f"vocabulary {path} not found", "run `rnn vocab` first")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return cls(tuple(raw["tokens"]), tuple(raw["counts"]), raw["token_type"])
+
+
+@dataclass(frozen=True)
+class VocabSummary:
+    out_dir: str
+    size: int
+    num_tokens: int
+    unk_count: int
+    dtype: str
+
+
+@dataclass
+class _Counted:
+    """Corpus tokens as provisional ids, with each provisional id's string, count and first index."""
+
+    ids: list[np.ndarray]
+    strings: list[str]
+    counts: np.ndarray
+    first: np.ndarray
+
+
+def _count_chars(rows: list[np.ndarray]) -> _Counted:
+    """Provisional id = code point; ASCII text is used byte for byte, with no decoding."""
+    if all(r.size == 0 or r.max() < _ASCII_SPAN for r in rows):
+        span, codes = _ASCII_SPAN, rows
+    else:
+        span = _UNICODE_SPAN
+        codes = [np.frombuffer(r.tobytes().decode().encode("utf-32-le"), np.uint32) for r in rows]
+    counts = np.zeros(span, dtype=np.int64)
+    first = np.full(span, _NEVER)
+    offset = 0
+    for c in codes:
+        for start in range(0, c.size, _BLOCK):
+            # Blocks keep bincount's int64 copy of its input small (and cache-resident).
+            block = c[start : start + _BLOCK]
+            block_counts = np.bincount(block, minlength=span)
+            unseen = np.flatnonzero((block_counts > 0) & (first == _NEVER))
+            if unseen.size:
+                vals, idx = np.unique(block, return_index=True)
+                new = np.isin(vals, unseen)
+                first[vals[new]] = offset + start + idx[new]
+            counts += block_counts
+        offset += c.size
+    present = np.flatnonzero(counts)
+    strings = [""] * span
+    for cp in present:
+        strings[cp] = chr(cp)
+    return _Counted(list(codes), strings, counts, first)
+
+
+def _count_words(rows: list[np.ndarray], normalization: str) -> _Counted:
+    """Split on whitespace with Arrow and dictionary-encode; the dictionary is in first-seen order."""
+    dictionary = pa.array([], type=pa.large_string())
+    ids = []
+    for r in rows:
+        text = pa.LargeStringArray.from_buffers(
+            1, pa.py_buffer(np.array([0, r.size], dtype=np.int64)), pa.py_buffer(r)
+        )
+        words = pc.list_flatten(
+            pc.split_pattern(text, " ") if normalization == "d2l" else pc.utf8_split_whitespace(text)
+        )
+        words = pc.filter(words, pc.not_equal(pc.binary_length(words), 0))
+        encoded = pc.dictionary_encode(words)
+        local = encoded.dictionary.cast(pa.large_string())
+        # Map this row's dictionary into the global one, appending words not seen before.
+        where = pc.index_in(local, value_set=dictionary).to_numpy(zero_copy_only=False)
+        missing = np.isnan(where) if where.dtype.kind == "f" else np.zeros(len(where), bool)
+        remap = np.where(missing, 0, where).astype(np.int64)
+        remap[missing] = len(dictionary) + np.arange(missing.sum())
+        dictionary = pa.concat_arrays([dictionary, local.filter(pa.array(missing))])
+        ids.append(remap[encoded.indices.to_numpy()].astype(np.int32))
+    counts = np.bincount(np.concatenate(ids), minlength=len(dictionary)) if ids else np.zeros(0)
+    first = np.arange(len(dictionary))  # dictionary order is first-seen order
+    return _Counted(ids, dictionary.to_pylist(), counts.astype(np.int64), first)
+
+
+def order_tokens(counted: _Counted, cfg: VocabConfig) -> tuple[list[str], np.ndarray]:
+    """The vocabulary, and the table mapping provisional ids to final ids (0 = <unk>)."""
+    specials = [UNK, *cfg.reserved_tokens]
+    present = np.flatnonzero(counted.counts)
+    order = present[np.lexsort((counted.first[present], -counted.counts[present]))]
+    frequent = order[counted.counts[order] >= cfg.min_freq]
+    if frequent.size == 0:
+        top = int(counted.counts.max()) if counted.counts.size else 0
+        raise PipelineError(
+            f"vocab.min_freq={cfg.min_freq} removes every token (the most frequent occurs {top} "
+            "times)",
+            f"lower vocab.min_freq to at most {top}",
+        )
+    special_index = {t: i for i, t in enumerate(specials)}
+    # A corpus token equal to a reserved one shares its id instead of being listed twice.
+    tokens = list(specials)
+    lut = np.zeros(counted.counts.size, dtype=np.int64)
+    for prov in frequent:
+        s = counted.strings[prov]
+        if s in special_index:
+            lut[prov] = special_index[s]
+        elif cfg.max_size is None or len(tokens) < cfg.max_size:
+            lut[prov] = len(tokens)
+            tokens.append(s)
+    return tokens, lut
+
+
+def smallest_uint(n: int) -> np.dtype:
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if n <= np.iinfo(dt).max + 1:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
+
+
+def build_vocab(corpus: str | Path, cfg: VocabConfig, out_dir: str | Path) -> VocabSummary:
+    """Write ``vocab.json`` and ``ids.npy`` (smallest unsigned dtype, memory-mappable) to out_dir."""
+    out_dir = Path(out_dir)
+    provenance = read_provenance(corpus)
+    rows = read_text_rows(corpus)
+    if cfg.token == "char":
+        counted = _count_chars(rows)
+    else:
+        counted = _count_words(rows, provenance["normalization"])
+    tokens, lut = order_tokens(counted, cfg)
+    lut = lut.astype(smallest_uint(len(tokens)))
+    num_tokens = int(sum(c.size for c in counted.ids))
+    final_counts = np.bincount(lut, weights=counted.counts, minlength=len(tokens)).astype(np.int64)
+    vocab = Vocab(tuple(tokens), tuple(int(c) for c in final_counts), cfg.token)
+    record = vocab.to_json(
+        min_freq=cfg.min_freq,
+        reserved_tokens=list(cfg.reserved_tokens),
+        max_size=cfg.max_size,
+        corpus_sha256=provenance["sha256"],
+        num_tokens=num_tokens,
+        dtype=str(lut.dtype),
+    )
+    with atomic_path(out_dir / IDS_FILE) as ids_tmp, atomic_path(out_dir / VOCAB_FILE) as v_tmp:
+        _save_encoded(ids_tmp, counted.ids, lut, num_tokens)
+        v_tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return VocabSummary(str(out_dir), len(tokens), num_tokens, int(final_counts[0]), str(lut.dtype))
+
+
+def _save_encoded(path: Path, chunks: list[np.ndarray], lut: np.ndarray, total: int) -> None:
+    """Encode with a table lookup (fancy indexing beats np.take here) and save as .npy."""
+    encoded = lut[chunks[0]] if len(chunks) == 1 else np.concatenate([lut[c] for c in chunks])
+    assert encoded.size == total
+    with open(path, "wb") as f:
+        np.save(f, encoded)
+
+
+def load_ids(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if path.is_dir():
+        path = path / IDS_FILE
+    if not path.is_file():
+        raise PipelineError(f"token ids {path} not found", "run `rnn vocab` first")
+    return np.load(path, mmap_mode="r")

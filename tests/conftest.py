@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
+CORPORA = SHARED / "corpora"
+TIME_MACHINE = CORPORA / "timemachine.txt"
+GUTENBERG = CORPORA / "timemachine-gutenberg.txt"
+SHAKESPEARE = CORPORA / "tinyshakespeare.txt"
+TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not TIME_MACHINE.is_file():
+        raise pytest.UsageError(f"test corpora not found under {CORPORA}; set RNN_SHARED")
+
+
+@pytest.fixture(scope="session")
+def time_machine_text() -> str:
+    return TIME_MACHINE.read_text(encoding="utf-8")
