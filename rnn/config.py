@@ -49,7 +49,9 @@ class IngestConfig(StrictModel):
     @model_validator(mode="after")
     def _url_needs_checksum(self) -> IngestConfig:
         if self.is_url and not (self.sha1 or self.sha256):
-            raise ValueError("a URL source needs a pinned checksum: set ingest.sha1 or ingest.sha256")
+            raise ValueError(
+                "a URL source needs a pinned checksum: set ingest.sha1 or ingest.sha256"
+            )
         return self
 
 
@@ -65,7 +67,9 @@ class VocabConfig(StrictModel):
         if len(set(tokens)) != len(tokens):
             raise ValueError("reserved_tokens must be distinct and must not repeat '<unk>'")
         if self.max_size is not None and self.max_size <= len(tokens):
-            raise ValueError(f"max_size must exceed the {len(tokens)} reserved tokens (incl. <unk>)")
+            raise ValueError(
+                f"max_size must exceed the {len(tokens)} reserved tokens (incl. <unk>)"
+            )
         return self
 
 

@@ -85,9 +85,7 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
         if not cfg.is_url and len(files) == 1:
             _verify_local_checksum(cfg, path, data)
         pieces.append(clean(data, name, cfg))
-        file_records.append(
-            {"path": name, "bytes": len(data), "sha256": _digest(data, "sha256")}
-        )
+        file_records.append({"path": name, "bytes": len(data), "sha256": _digest(data, "sha256")})
     text = b"".join(pieces)
     if not text.strip():
         raise PipelineError(
@@ -126,8 +124,19 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
     )
 
 
+def _require_corpus(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"corpus {path} not found", "run `rnn ingest` first")
+    return path
+
+
 def read_provenance(path: str | Path) -> dict:
-    metadata = pq.read_schema(path).metadata or {}
+    path = _require_corpus(path)
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except pa.ArrowInvalid:
+        raise PipelineError(f"{path} is not a Parquet corpus", "re-run `rnn ingest`") from None
     if PROVENANCE_KEY not in metadata:
         raise PipelineError(f"{path} has no provenance metadata", "re-run `rnn ingest`")
     return json.loads(metadata[PROVENANCE_KEY])
@@ -135,9 +144,7 @@ def read_provenance(path: str | Path) -> dict:
 
 def read_text_rows(path: str | Path) -> list[np.ndarray]:
     """The corpus as UTF-8 byte arrays, one per stored row group chunk, without copying rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"corpus {path} not found", "run `rnn ingest` first")
+    path = _require_corpus(path)
     column = pq.read_table(path, columns=["text"], memory_map=True).column("text")
     rows = []
     for chunk in column.chunks:

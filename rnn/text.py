@@ -17,7 +17,9 @@ BOM = b"\xef\xbb\xbf"
 _GUTENBERG_START = re.compile(
     rb"^\*{1,3} ?START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*\n", re.I | re.M
 )
-_GUTENBERG_END = re.compile(rb"^\*{1,3} ?END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M)
+_GUTENBERG_END = re.compile(
+    rb"^\*{1,3} ?END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M
+)
 _HTML_START = re.compile(rb"^\s*(?:<!doctype html|<html|<\?xml|<head|<body)", re.I)
 # Control bytes that never occur in text files (tab, LF, VT, FF, CR and ESC excluded).
 _BINARY_BYTES = np.zeros(256, dtype=bool)

@@ -52,8 +52,12 @@ class Vocab:
         return sep.join(self.tokens[int(i)] for i in ids)
 
     def to_json(self, **extra) -> dict:
-        return {"token_type": self.token_type, "tokens": list(self.tokens),
-                "counts": list(self.counts), **extra}
+        return {
+            "token_type": self.token_type,
+            "tokens": list(self.tokens),
+            "counts": list(self.counts),
+            **extra,
+        }
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
@@ -123,7 +127,9 @@ def _count_words(rows: list[np.ndarray], normalization: str) -> _Counted:
             1, pa.py_buffer(np.array([0, r.size], dtype=np.int64)), pa.py_buffer(r)
         )
         words = pc.list_flatten(
-            pc.split_pattern(text, " ") if normalization == "d2l" else pc.utf8_split_whitespace(text)
+            pc.split_pattern(text, " ")
+            if normalization == "d2l"
+            else pc.utf8_split_whitespace(text)
         )
         words = pc.filter(words, pc.not_equal(pc.binary_length(words), 0))
         encoded = pc.dictionary_encode(words)

@@ -28,7 +28,10 @@ def seq_data_iter_random(corpus, batch_size, num_steps, offset, order):
     num_batches = num_subseqs // batch_size
     for i in range(0, batch_size * num_batches, batch_size):
         batch = initial_indices[i : i + batch_size]
-        yield [corpus[j : j + num_steps] for j in batch], [corpus[j + 1 : j + 1 + num_steps] for j in batch]
+        yield (
+            [corpus[j : j + num_steps] for j in batch],
+            [corpus[j + 1 : j + 1 + num_steps] for j in batch],
+        )
 
 
 def seq_data_iter_sequential(corpus, batch_size, num_steps, offset):

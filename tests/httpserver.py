@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>gone</body></html>\n"
+HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>gone</body></html>\n"
+)
 
 
 def make_handler(files: dict[str, bytes], hits: dict[str, int]):
@@ -35,10 +38,8 @@ def make_handler(files: dict[str, bytes], hits: dict[str, int]):
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            try:
+            with contextlib.suppress(BrokenPipeError):  # the client may have timed out
                 self.wfile.write(body)
-            except BrokenPipeError:
-                pass
 
     return Handler
 

@@ -1,0 +1,111 @@
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from rnn.config import IngestConfig
+from rnn.corpus import ingest, read_provenance, read_text_rows
+from rnn.errors import PipelineError
+
+from .conftest import GUTENBERG, TIME_MACHINE, TIME_MACHINE_SHA1
+
+
+def local(source, **kw) -> IngestConfig:
+    kw.setdefault("sha1", None)
+    return IngestConfig(source=str(source), **kw)
+
+
+def corpus_text(path) -> str:
+    return b"".join(r.tobytes() for r in read_text_rows(path)).decode()
+
+
+def test_canonical_file_gives_the_books_170580_characters(tmp_path):
+    out = tmp_path / "corpus.parquet"
+    summary = ingest(local(TIME_MACHINE, sha1=TIME_MACHINE_SHA1), out)
+    assert summary.num_chars == 170_580
+    text = corpus_text(out)
+    assert len(text) == 170_580 and set(text) <= set("abcdefghijklmnopqrstuvwxyz ")
+    prov = read_provenance(out)
+    assert prov["normalization"] == "d2l"
+    assert prov["bytes_in"] == 178_979
+    assert prov["files"][0]["sha256"] == prov["sha256_in"]
+    assert len(prov["sha256"]) == 64
+
+
+def test_gutenberg_edition_is_stripped_before_normalising(tmp_path):
+    out = tmp_path / "g.parquet"
+    ingest(local(GUTENBERG), out)
+    text = corpus_text(out)
+    assert text.startswith("the time machinean inventionby h g wells")  # lines join unspaced
+    assert "gutenberg" not in text
+    raw_out = tmp_path / "g_raw.parquet"
+    ingest(local(GUTENBERG, normalization="raw"), raw_out)
+    raw = corpus_text(raw_out)
+    assert "\ufeff" not in raw and "Gutenberg" not in raw and "\n" in raw
+
+
+def test_directory_and_glob_sources_concatenate_files_in_order(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "b.txt").write_text("Second file.\n")
+    (docs / "a.txt").write_text("First file!\n")
+    for source in (docs, f"{docs}/*.txt"):
+        out = tmp_path / "dir.parquet"
+        ingest(local(source), out)
+        assert corpus_text(out) == "first filesecond file"
+        assert [f["path"] for f in read_provenance(out)["files"]] == [
+            str(docs / "a.txt"),
+            str(docs / "b.txt"),
+        ]
+
+
+def test_large_text_is_stored_in_rows_cut_at_whitespace(tmp_path, monkeypatch):
+    import rnn.corpus
+
+    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 1000)
+    out = tmp_path / "rows.parquet"
+    ingest(local(TIME_MACHINE), out)
+    rows = pq.read_table(out).column("text").to_pylist()
+    assert len(rows) > 100 and all(r.endswith(" ") for r in rows[:-1])
+    assert len("".join(rows)) == 170_580
+
+
+BAD_INPUTS = {
+    "empty": (b"", "is empty"),
+    "blank": (b"  \n\n \n", "is empty"),
+    "html": (b"<!DOCTYPE html><html><body>Error 403</body></html>", "HTML page"),
+    "binary": (bytes(range(256)) * 8, "binary"),
+    "latin1": ("caf\u00e9 cr\u00e8me".encode("latin-1"), "not valid utf-8"),
+    "no_letters": (b"1234 5678 !!!\n", "no text after cleaning"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_error_and_keeps_the_earlier_output(tmp_path, kind):
+    data, message = BAD_INPUTS[kind]
+    out = tmp_path / "corpus.parquet"
+    ingest(local(TIME_MACHINE), out)
+    good = out.read_bytes()
+    bad = tmp_path / f"{kind}.txt"
+    bad.write_bytes(data)
+    with pytest.raises(PipelineError, match=message) as err:
+        ingest(local(bad), out)
+    assert "\n" not in err.value.one_line() and "fix:" in err.value.one_line()
+    assert out.read_bytes() == good  # the earlier good result survives
+    assert sorted(os.listdir(tmp_path)) == sorted(["corpus.parquet", bad.name])  # no temp left
+
+
+def test_missing_file_and_local_checksum_mismatch(tmp_path):
+    with pytest.raises(PipelineError, match="not found"):
+        ingest(local(tmp_path / "nope.txt"), tmp_path / "c.parquet")
+    with pytest.raises(PipelineError, match="checksum mismatch"):
+        ingest(local(TIME_MACHINE, sha1="0" * 40), tmp_path / "c.parquet")
+    assert not (tmp_path / "c.parquet").exists()
+
+
+def test_latin1_source_with_declared_encoding(tmp_path):
+    src = tmp_path / "l1.txt"
+    src.write_bytes("Caf\u00e9 au lait\n".encode("latin-1"))
+    out = tmp_path / "c.parquet"
+    ingest(local(src, encoding="latin-1", normalization="raw"), out)
+    assert corpus_text(out) == "Caf\u00e9 au lait\n"
