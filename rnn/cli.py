@@ -108,6 +108,103 @@ def partition(
     echo_summary(run(ids, load_params(params).partition, out))
 
 
+Backend = Annotated[str, typer.Option("--backend", "-b", help="torch | tf")]
+Variant = Annotated[str, typer.Option("--variant", "-v", help="scratch | concise")]
+
+
+@app.command()
+@one_line_errors
+def train(
+    backend: Backend,
+    variant: Variant,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    partition_dir: Annotated[Path, typer.Option(help="splits from `rnn partition`")] = (
+        paths.PARTITION_DIR
+    ),
+    vocab_dir: Annotated[Path, typer.Option(help="vocabulary from `rnn vocab`")] = paths.VOCAB_DIR,
+    out: Annotated[Path | None, typer.Option(help="model directory")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="dvclive metrics directory")] = None,
+    epoch_budget: Annotated[
+        int | None, typer.Option(help="stop after this many epochs; resume later")
+    ] = None,
+) -> None:
+    """Train one backend x variant (resuming from its latest checkpoint if there is one)."""
+    from rnn.train import train_model
+
+    echo_summary(
+        train_model(
+            backend,
+            variant,
+            load_params(params),
+            partition_dir,
+            vocab_dir,
+            out,
+            metrics,
+            epoch_budget=epoch_budget,
+        )
+    )
+
+
+@app.command()
+@one_line_errors
+def evaluate(
+    backend: Backend,
+    variant: Variant,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    model: Annotated[Path | None, typer.Option(help="model directory from `rnn train`")] = None,
+    partition_dir: Annotated[Path, typer.Option()] = paths.PARTITION_DIR,
+    vocab_dir: Annotated[Path, typer.Option()] = paths.VOCAB_DIR,
+    out: Annotated[Path | None, typer.Option(help="directory for eval.json")] = None,
+) -> None:
+    """Perplexity on each split and generated samples for one trained run."""
+    from rnn.evaluate import evaluate_model
+
+    echo_summary(
+        evaluate_model(backend, variant, load_params(params), model, partition_dir, vocab_dir, out)
+    )
+
+
+@app.command()
+@one_line_errors
+def report(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    out: Annotated[Path, typer.Option(help="report directory")] = paths.REPORT_DIR,
+) -> None:
+    """Compare every trained backend x variant: markdown table, JSON and perplexity curves."""
+    from rnn.report import build_report
+
+    cfg = load_params(params).train
+    rows = build_report([(b, v) for b in cfg.backends for v in cfg.variants], out)
+    typer.echo((out / "report.md").read_text())
+    del rows
+
+
+@app.command()
+@one_line_errors
+def generate(
+    backend: Backend,
+    variant: Variant,
+    prefix: Annotated[str, typer.Option(help="text to warm the state up on")] = "time traveller",
+    num_preds: Annotated[int, typer.Option(min=1)] = 50,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy argmax")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0, help="sample among the k likeliest; 0 = all")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    model: Annotated[Path | None, typer.Option(help="model directory")] = None,
+    vocab_dir: Annotated[Path, typer.Option()] = paths.VOCAB_DIR,
+) -> None:
+    """Generate text from a trained model, greedy or sampled."""
+    from rnn.evaluate import generate_text, load_trained
+    from rnn.vocab import Vocab
+
+    loaded = load_params(params)
+    vocab = Vocab.load(vocab_dir)
+    engine = load_trained(
+        backend, variant, loaded, model or paths.model_dir(backend, variant), vocab
+    )
+    typer.echo(generate_text(engine, vocab, prefix, num_preds, temperature, top_k, seed))
+
+
 @app.command("params")
 @one_line_errors
 def show_params(params: ParamsOpt = DEFAULT_PARAMS) -> None:

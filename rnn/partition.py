@@ -52,7 +52,12 @@ def sequential_partitioning(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Drop a random prefix of 0..num_steps tokens (inclusive), lay the rest out as batch_size rows
     and cut the rows into adjacent column slices (see the module docstring)."""
-    offset = int(rng.integers(0, num_steps + 1))
+    return sequential_at(ids, batch_size, num_steps, int(rng.integers(0, num_steps + 1)))
+
+
+def sequential_at(
+    ids: np.ndarray, batch_size: int, num_steps: int, offset: int
+) -> tuple[np.ndarray, np.ndarray]:
     num_tokens = ((len(ids) - offset - 1) // batch_size) * batch_size
     xs = np.asarray(ids[offset : offset + num_tokens]).reshape(batch_size, -1)
     ys = np.asarray(ids[offset + 1 : offset + 1 + num_tokens]).reshape(batch_size, -1)
@@ -63,6 +68,14 @@ def sequential_partitioning(
         return a[:, :width].reshape(batch_size, num_batches, num_steps).transpose(1, 0, 2)
 
     return cut(xs), cut(ys)
+
+
+def evaluation_minibatches(
+    ids: np.ndarray, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out minibatches: sequential from offset 0, fewer rows if the split is short."""
+    rows = max(1, min(batch_size, (len(ids) - 1) // num_steps))
+    return sequential_at(ids, rows, num_steps, 0)
 
 
 SCHEMES = {"random": random_sampling, "sequential": sequential_partitioning}

@@ -1,0 +1,106 @@
+"""Stage 5, evaluate: perplexity of a trained run on every split, and text generated from prefixes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rnn import paths
+from rnn.atomic import atomic_path
+from rnn.config import Params
+from rnn.engine import make_engine
+from rnn.errors import PipelineError
+from rnn.partition import SPLITS, evaluation_minibatches, load_split
+from rnn.record import WEIGHTS_FILE, read_record
+from rnn.train import perplexity
+from rnn.vocab import Vocab
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    run: str
+    perplexity: dict[str, float]
+    samples: dict[str, str]
+
+
+def load_trained(backend: str, variant: str, params: Params, model_dir: Path, vocab: Vocab):
+    """An engine holding a trained run's weights, rebuilt from its self-describing record."""
+    record = read_record(model_dir)
+    args = record["model_args"]
+    if args["vocab_size"] != len(vocab):
+        raise PipelineError(
+            f"{model_dir} was trained with {args['vocab_size']} tokens, the vocabulary has "
+            f"{len(vocab)}",
+            "retrain (`dvc repro`) after changing the vocabulary",
+        )
+    engine = make_engine(
+        backend,
+        variant,
+        args["vocab_size"],
+        args["num_hiddens"],
+        lr=params.train.lr,
+        theta=params.train.theta,
+        device=params.train.device,
+        seed=params.train.seed,
+    )
+    engine.load(Path(model_dir) / WEIGHTS_FILE)
+    return engine
+
+
+def generate_text(
+    engine,
+    vocab: Vocab,
+    prefix: str,
+    num_preds: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+) -> str:
+    prefix_ids = vocab.encode(prefix)
+    if not prefix_ids:
+        raise PipelineError(f"prefix {prefix!r} has no tokens", "use a non-empty prefix")
+    return vocab.decode(engine.generate(prefix_ids, num_preds, temperature, top_k, seed))
+
+
+def sample_text(engine, vocab: Vocab, prefix: str, params: Params) -> str:
+    cfg = params.evaluate
+    return generate_text(engine, vocab, prefix, cfg.num_preds, cfg.temperature, cfg.top_k, cfg.seed)
+
+
+def evaluate_model(
+    backend: str,
+    variant: str,
+    params: Params,
+    model_dir: str | Path | None = None,
+    partition_dir: str | Path = paths.PARTITION_DIR,
+    vocab_dir: str | Path = paths.VOCAB_DIR,
+    out_dir: str | Path | None = None,
+) -> EvalSummary:
+    name = paths.run_name(backend, variant)
+    model_dir = Path(model_dir or paths.model_dir(backend, variant))
+    out_dir = Path(out_dir or paths.eval_dir(backend, variant))
+    vocab = Vocab.load(vocab_dir)
+    engine = load_trained(backend, variant, params, model_dir, vocab)
+    pcfg = params.partition
+    ppl = {}
+    for split in SPLITS:
+        ids = load_split(partition_dir, split)
+        if len(ids) > pcfg.num_steps:
+            ppl[split] = perplexity(
+                *engine.evaluate(*evaluation_minibatches(ids, pcfg.batch_size, pcfg.num_steps))
+            )
+    samples = {p: sample_text(engine, vocab, p, params) for p in params.evaluate.prefixes}
+    summary = EvalSummary(name, ppl, samples)
+    with atomic_path(out_dir / EVAL_FILE) as tmp:
+        tmp.write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def read_eval(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / EVAL_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path} not found", "run `rnn evaluate` for this variant")
+    return json.loads(path.read_text(encoding="utf-8"))

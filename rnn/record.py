@@ -1,0 +1,43 @@
+"""Self-describing run records: what a model is, what it was trained on, with which libraries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+RECORD_FILE = "run.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions(framework: str, framework_version: str) -> dict[str, str]:
+    versions = {"python": platform.python_version(), framework: framework_version}
+    for dist in ("numpy", "rnn-pipeline"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "unknown"
+    return versions
+
+
+def fingerprint(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_record(model_dir: str | Path) -> dict:
+    from rnn.errors import PipelineError
+
+    path = Path(model_dir) / RECORD_FILE
+    if not path.is_file():
+        raise PipelineError(f"model record {path} not found", "run `rnn train` for this variant")
+    return json.loads(path.read_text(encoding="utf-8"))

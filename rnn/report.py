@@ -1,0 +1,116 @@
+"""Stage 6, report: every trained backend x variant side by side (markdown, JSON, PNG curves)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnn import paths
+from rnn.atomic import atomic_dir
+from rnn.evaluate import read_eval
+from rnn.record import read_record
+
+REPORT_MD, REPORT_JSON, CURVES_PNG = "report.md", "report.json", "perplexity.png"
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    run: str
+    train_perplexity: float
+    valid_perplexity: float | None
+    test_perplexity: float | None
+    tokens_per_s: float
+    wall_time_s: float
+    num_params: int
+    epochs: int
+    sample: str
+
+
+def _read_curve(metrics_dir: Path, name: str) -> list[tuple[int, float]]:
+    path = metrics_dir / "plots" / "metrics" / f"{name}.tsv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [
+            (int(r["step"]), float(r[name.split("/")[-1]]))
+            for r in csv.DictReader(f, delimiter="\t")
+        ]
+
+
+def collect_row(run: str, model_dir: Path, eval_dir: Path, metrics_dir: Path) -> ReportRow:
+    record, evaluation = read_record(model_dir), read_eval(eval_dir)
+    seconds = [s for _, s in _read_curve(metrics_dir, "train/epoch_seconds")]
+    rates = [r for _, r in _read_curve(metrics_dir, "train/tokens_per_s")]
+    tokens = sum(r * s for r, s in zip(rates, seconds, strict=True))
+    ppl = evaluation["perplexity"]
+    return ReportRow(
+        run=run,
+        train_perplexity=record["train_perplexity"],
+        valid_perplexity=ppl.get("valid"),
+        test_perplexity=ppl.get("test"),
+        tokens_per_s=tokens / sum(seconds) if seconds else float("nan"),
+        wall_time_s=sum(seconds),
+        num_params=record["num_params"],
+        epochs=record["epochs"],
+        sample=next(iter(evaluation["samples"].values()), ""),
+    )
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def markdown_table(rows: list[ReportRow]) -> str:
+    lines = [
+        "| run | train ppl | valid ppl | test ppl | tokens/s | wall time (s) | parameters | epochs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.run} | {_fmt(r.train_perplexity)} | {_fmt(r.valid_perplexity)} | "
+            f"{_fmt(r.test_perplexity)} | {r.tokens_per_s:,.0f} | {r.wall_time_s:,.1f} | "
+            f"{r.num_params:,} | {r.epochs} |"
+        )
+    samples = ["", "Samples (greedy unless evaluate.temperature > 0):", ""]
+    samples += [f"- **{r.run}**: `{r.sample}`" for r in rows]
+    return "\n".join(lines + samples) + "\n"
+
+
+def plot_curves(runs: dict[str, Path], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run, metrics_dir in runs.items():
+        for split, style in (("train", "-"), ("valid", "--")):
+            curve = _read_curve(metrics_dir, f"{split}/perplexity")
+            if curve:
+                ax.plot(*zip(*curve, strict=True), style, label=f"{run} {split}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def build_report(
+    runs: list[tuple[str, str]],
+    out_dir: str | Path = paths.REPORT_DIR,
+    models_root: Path = paths.MODELS_DIR,
+    eval_root: Path = paths.EVAL_DIR,
+    metrics_root: Path = paths.DATA / "metrics",
+) -> list[ReportRow]:
+    names = [paths.run_name(b, v) for b, v in runs]
+    rows = [collect_row(n, models_root / n, eval_root / n, metrics_root / n) for n in names]
+    with atomic_dir(out_dir) as tmp:
+        (tmp / REPORT_MD).write_text("# RNN language models compared\n\n" + markdown_table(rows))
+        (tmp / REPORT_JSON).write_text(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
+        plot_curves({n: metrics_root / n for n in names}, tmp / CURVES_PNG)
+    return rows

@@ -1,0 +1,151 @@
+"""PyTorch training engine: the chapter's loop, with the same interface as ``rnn/tf/train.py``.
+
+One ``Engine`` owns a model and its optimiser. Per minibatch: state carried and detached
+(sequential) or fresh (random); mean cross-entropy against time-major labels; global-norm clipping
+at theta; SGD. Losses stay on the device until the end of the epoch (no per-step host sync).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+
+from rnn.errors import PipelineError
+from rnn.sampling import generate
+from rnn.torch.concise import RNNModel
+from rnn.torch.scratch import RNNModelScratch
+
+MODELS = {"scratch": RNNModelScratch, "concise": RNNModel}
+FRAMEWORK = "torch"
+
+
+def framework_version() -> str:
+    return torch.__version__
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; asking for an absent device is an error."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise PipelineError(
+            f"train.device={name} but PyTorch sees no CUDA device",
+            "set train.device to cpu or auto",
+        )
+    if name == "mps" and not has_mps:
+        raise PipelineError("train.device=mps but MPS is not available", "use cpu or auto")
+    return torch.device("cuda" if name == "gpu" else name)
+
+
+def time_major_labels(Y: torch.Tensor) -> torch.Tensor:
+    """Labels in the logits' order: row ``t * batch + b`` is ``Y[b, t]`` (i.e. ``Y.T.reshape(-1)``)."""
+    return Y.T.reshape(-1)
+
+
+def detach_state(state):
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def clip_gradients(params: list[torch.nn.Parameter], theta: float) -> None:
+    """The book's global-norm clipping: if ||g|| > theta, g *= theta / ||g||; no host sync."""
+    grads = [p.grad for p in params]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(theta / norm, max=1.0))
+
+
+class Engine:
+    def __init__(
+        self,
+        variant: str,
+        vocab_size: int,
+        num_hiddens: int,
+        *,
+        lr: float = 1.0,
+        theta: float = 1.0,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.device = resolve_device(device)
+        torch.manual_seed(seed)
+        self.model = MODELS[variant](vocab_size, num_hiddens, seed=seed).to(self.device)
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.SGD(self.params, lr=lr)
+        self.theta = theta
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
+
+    def train_step(self, X: torch.Tensor, Y: torch.Tensor, state):
+        logits, state = self.model(X, state)
+        loss = F.cross_entropy(logits, time_major_labels(Y))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(self.params, self.theta)
+        self.optimizer.step()
+        return loss.detach(), state
+
+    def train_epoch(self, xs: np.ndarray, ys: np.ndarray, sampling: str) -> tuple[float, int]:
+        """One pass over an epoch's minibatches (num_batches, batch, steps); returns loss sum, count."""
+        self.model.train()
+        xs_t, ys_t = self._tensor(xs), self._tensor(ys)
+        total = torch.zeros((), device=self.device)
+        state = None
+        for X, Y in zip(xs_t, ys_t, strict=True):
+            if state is None or sampling == "random":
+                state = self.model.begin_state(X.shape[0], self.device)
+            else:
+                state = detach_state(state)  # keep the value, cut the graph (truncated BPTT)
+            loss, state = self.train_step(X, Y, state)
+            total += loss
+        return float(total) * xs[0].size, xs.size
+
+    @torch.no_grad()
+    def evaluate(self, xs: np.ndarray, ys: np.ndarray) -> tuple[float, int]:
+        """Sequential minibatches with the state carried over; returns loss sum, count."""
+        self.model.eval()
+        xs_t, ys_t = self._tensor(xs), self._tensor(ys)
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        state = self.model.begin_state(xs.shape[1], self.device)
+        for X, Y in zip(xs_t, ys_t, strict=True):
+            logits, state = self.model(X, state)
+            total += F.cross_entropy(logits, time_major_labels(Y), reduction="sum").double()
+        return float(total), xs.size
+
+    def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> list[int]:
+        self.model.eval()
+
+        @torch.no_grad()
+        def step(token: int, state):
+            logits, state = self.model(torch.tensor([[token]], device=self.device), state)
+            return logits[0].cpu().numpy(), state
+
+        return generate(
+            step,
+            lambda: self.model.begin_state(1, self.device),
+            prefix_ids,
+            num_preds,
+            temperature,
+            top_k,
+            seed,
+        )
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.cpu().numpy() for k, v in self.model.canonical_weights().items()}
+
+    def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.model.load_canonical_weights({k: torch.as_tensor(v) for k, v in weights.items()})
+
+    def save(self, path, metadata: dict[str, str] | None = None) -> None:
+        """Weights only, as safetensors (no pickle)."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(path), metadata=metadata)
+
+    def load(self, path) -> None:
+        self.model.load_state_dict(load_file(str(path), device=str(self.device)))
