@@ -1,0 +1,212 @@
+"""Both engines against the book's training loop, written out plainly, and against each other."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from torch.nn import functional as F
+
+from rnn.partition import epoch_minibatches
+
+from .models_util import B, H, T, V, engine, random_weights, tokens
+
+VARIANTS = ["scratch", "concise"]
+
+
+def corpus(n=600, seed=0):
+    return np.random.default_rng(seed).integers(0, V, n)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_and_tf_agree_on_logits_for_the_same_weights(variant):
+    weights = random_weights(1)
+    X, _ = tokens(2)
+    outs = []
+    for backend in ("torch", "tf"):
+        e = engine(backend, variant)
+        e.load_canonical_weights(weights)
+        m = e.model
+        if backend == "torch":
+            logits, _ = m(torch.from_numpy(X), m.begin_state(B))
+            outs.append(logits.detach().numpy())
+        else:
+            logits, _ = m(tf.constant(X, tf.int32), list(m.begin_state(B)))
+            outs.append(logits.numpy())
+    assert outs[0].shape == (T * B, V)
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tf_scratch_and_concise_and_torch_agree_on_gradients(variant):
+    weights = random_weights(3)
+    X, Y = tokens(4)
+    tf_e = engine("tf", variant)
+    tf_e.load_canonical_weights(weights)
+    with tf.GradientTape() as tape:
+        logits, _ = tf_e.model(tf.constant(X, tf.int32), list(tf_e.model.begin_state(B)))
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(
+                tf.reshape(tf.transpose(Y), [-1]), logits
+            )
+        )
+    tf_grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, tf_e.variables)]
+    th = engine("torch", "scratch")
+    th.load_canonical_weights(weights)
+    logits, _ = th.model(torch.from_numpy(X), th.model.begin_state(B))
+    F.cross_entropy(logits, torch.from_numpy(Y).T.reshape(-1)).backward()
+    torch_grads = [
+        th.model.W_xh.grad,
+        th.model.W_hh.grad,
+        th.model.b_h.grad,
+        th.model.W_hq.grad,
+        th.model.b_q.grad,
+    ]
+    for a, b in zip(tf_grads, torch_grads, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-5)
+
+
+def test_tf_scratch_gradient_matches_finite_differences():
+    e = engine("tf", "scratch")
+    e.load_canonical_weights(random_weights(5))
+    X, Y = tokens(6)
+    labels = tf.reshape(tf.transpose(Y), [-1])
+
+    def loss():
+        logits, _ = e.model(tf.constant(X, tf.int32), list(e.model.begin_state(B)))
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    with tf.GradientTape() as tape:
+        value = loss()
+    grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(value, e.variables)]
+    rng = np.random.default_rng(0)
+    eps = 1e-2
+    for var, grad in zip(e.variables, grads, strict=True):
+        for _ in range(3):
+            idx = tuple(int(rng.integers(0, s)) for s in var.shape)
+            original = var.numpy()
+            bumped = original.copy()
+            bumped[idx] += eps
+            var.assign(bumped)
+            up = float(loss())
+            bumped[idx] -= 2 * eps
+            var.assign(bumped)
+            down = float(loss())
+            var.assign(original)
+            assert abs((up - down) / (2 * eps) - grad[idx]) < 2e-3
+
+
+def book_epoch(backend, e, xs, ys, sampling, lr=1.0, theta=1.0):
+    """The chapter's loop, eager and unoptimised, on the engine's model; returns the loss sum."""
+    m, total, state = e.model, 0.0, None
+    for X, Y in zip(xs, ys, strict=True):
+        if backend == "torch":
+            if state is None or sampling == "random":
+                state = m.begin_state(X.shape[0])
+            else:
+                state = (
+                    tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+                )
+            logits, state = m(torch.from_numpy(X.astype(np.int64)), state)
+            loss = F.cross_entropy(logits, torch.from_numpy(Y.T.reshape(-1).astype(np.int64)))
+            params = list(m.parameters())
+            for p in params:
+                p.grad = None
+            loss.backward()
+            norm = torch.sqrt(sum(torch.sum(p.grad**2) for p in params))
+            with torch.no_grad():
+                for p in params:
+                    if norm > theta:
+                        p.grad *= theta / norm
+                    p -= lr * p.grad
+        else:
+            if state is None or sampling == "random":
+                state = list(m.begin_state(X.shape[0]))
+            with tf.GradientTape() as tape:
+                logits, state = m(tf.constant(X, tf.int32), state)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(Y.T.reshape(-1), logits)
+                )
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, e.variables)]
+            grads, _ = tf.clip_by_global_norm(grads, theta)
+            for v, g in zip(e.variables, grads, strict=True):
+                v.assign_sub(lr * g)
+        total += float(loss) * Y.size
+    return total
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_engine_epoch_equals_the_books_loop(backend, sampling):
+    """Same losses and weights as the plain loop: state carried + detached (sequential) or reset
+    (random). An engine that reset the state in sequential mode, or carried it in random mode,
+    would see other inputs to every minibatch after the first and fail."""
+    xs, ys = epoch_minibatches(corpus(), 4, 7, sampling, seed=0, epoch=0)
+    fast, plain = engine(backend, "scratch"), engine(backend, "scratch")
+    weights = random_weights(7)
+    fast.load_canonical_weights(weights)
+    plain.load_canonical_weights(weights)
+    got, count = fast.train_epoch(xs, ys, sampling)
+    want = book_epoch(backend, plain, xs, ys, sampling)
+    assert count == xs.size
+    assert got == pytest.approx(want, rel=1e-5)
+    for k, v in fast.canonical_weights().items():
+        np.testing.assert_allclose(v, plain.canonical_weights()[k], atol=1e-5)
+    # And the state really matters: a model fed fresh state each time ends elsewhere.
+    if sampling == "sequential":
+        other = engine(backend, "scratch")
+        other.load_canonical_weights(weights)
+        assert other.train_epoch(xs, ys, "random")[0] != pytest.approx(got, rel=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_state_is_detached_between_minibatches(backend):
+    """Truncated BPTT: the second minibatch's gradient must not flow into the first's inputs."""
+    e = engine(backend, "scratch")
+    e.load_canonical_weights(random_weights(8))
+    xs, ys = epoch_minibatches(corpus(), 4, 7, "sequential", seed=0, epoch=0)
+    if backend == "torch":
+        state = e.model.begin_state(4)
+        _, state = e.train_step(
+            torch.from_numpy(xs[0].astype(np.int64)),
+            torch.from_numpy(ys[0].astype(np.int64)),
+            state,
+        )
+        from rnn.torch.train import detach_state
+
+        assert all(s.grad_fn is not None or not s.requires_grad for s in state)
+        assert all(s.grad_fn is None for s in detach_state(state))
+    else:
+        _, state = e.train_step(
+            tf.constant(xs[0], tf.int32), tf.constant(ys[0], tf.int32), list(e.model.begin_state(4))
+        )
+        with tf.GradientTape() as tape:
+            tape.watch(e.variables)
+            out = tf.reduce_sum(state[0])
+        assert all(g is None for g in tape.gradient(out, e.variables))
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generation_greedy_and_sampled(backend, variant):
+    e = engine(backend, variant)
+    greedy = e.generate([1, 2, 3], 10)
+    assert greedy[:3] == [1, 2, 3] and len(greedy) == 13
+    assert e.generate([1, 2, 3], 10) == greedy
+    assert e.generate([1, 2, 3], 10, temperature=1.0, top_k=1) == greedy  # top-1 is greedy
+    a = e.generate([1], 20, temperature=2.0, top_k=5, seed=3)
+    assert a == e.generate([1], 20, temperature=2.0, top_k=5, seed=3)
+    assert a != e.generate([1], 20, temperature=2.0, top_k=5, seed=4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_missing_device_is_a_clear_error(backend):
+    from rnn.errors import PipelineError
+
+    has_gpu = (
+        torch.cuda.is_available() if backend == "torch" else tf.config.list_physical_devices("GPU")
+    )
+    if has_gpu:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(PipelineError, match="no (CUDA device|GPU)"):
+        engine(backend, "scratch", device="cuda")
+    assert engine(backend, "scratch", device="auto").num_params() == V * H + H * H + H + H * V + V

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from rnn.torch.concise import RNNModel
+from rnn.torch.scratch import RNNModelScratch, TanhRecurrence
+from rnn.torch.train import clip_gradients, time_major_labels
+
+from .models_util import B, H, T, V, engine, random_weights, tokens
+
+
+@pytest.mark.parametrize("cls", [RNNModelScratch, RNNModel])
+def test_shapes_and_time_major_logits(cls):
+    model = cls(V, H, seed=0)
+    X = torch.from_numpy(tokens()[0])
+    logits, state = model(X, model.begin_state(B))
+    assert logits.shape == (T * B, V)
+    h = state[0] if isinstance(state, tuple) else state[0]
+    assert h.shape == (B, H)
+    # Row t * B + b is the output for sequence b at step t: compare with stepping one token.
+    state = model.begin_state(B)
+    for t in range(T):
+        step_logits, state = model(X[:, t : t + 1], state)
+        assert torch.allclose(step_logits, logits[t * B : (t + 1) * B], atol=1e-6)
+
+
+def test_gather_equals_one_hot_product():
+    W = torch.randn(V, H)
+    X = torch.from_numpy(tokens()[0])
+    assert torch.allclose(F.embedding(X.T, W), F.one_hot(X.T, V).float() @ W, atol=1e-6)
+
+
+def test_labels_are_time_major():
+    Y = torch.arange(B * T).reshape(B, T)
+    labels = time_major_labels(Y)
+    for b in range(B):
+        for t in range(T):
+            assert labels[t * B + b] == Y[b, t]
+    assert not torch.equal(labels, Y.reshape(-1))  # the book's TF bug would fail here
+
+
+def test_scratch_and_concise_agree_on_logits_and_gradients():
+    weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
+    scratch, concise = RNNModelScratch(V, H), RNNModel(V, H)
+    scratch.load_canonical_weights(weights)
+    concise.load_canonical_weights(weights)
+    X, Y = (torch.from_numpy(a) for a in tokens())
+    grads = []
+    for m in (scratch, concise):
+        logits, _ = m(X, m.begin_state(B))
+        F.cross_entropy(logits, time_major_labels(Y)).backward()
+        grads.append(logits)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    s, c = scratch, concise
+    pairs = [
+        (s.W_xh.grad, c.rnn.weight_ih_l0.grad.T),
+        (s.W_hh.grad, c.rnn.weight_hh_l0.grad.T),
+        (s.b_h.grad, c.rnn.bias_ih_l0.grad),
+        (s.b_h.grad, c.rnn.bias_hh_l0.grad),
+        (s.W_hq.grad, c.linear.weight.grad.T),
+        (s.b_q.grad, c.linear.bias.grad),
+    ]
+    for a, b in pairs:
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_hand_written_bptt_matches_finite_differences():
+    g = torch.Generator().manual_seed(0)
+    xw = torch.randn(5, 3, 4, dtype=torch.double, generator=g, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.double, generator=g, requires_grad=True)
+    w = (0.5 * torch.randn(4, 4, dtype=torch.double, generator=g)).requires_grad_()
+    assert torch.autograd.gradcheck(TanhRecurrence.apply, (xw, h0, w))
+    model = RNNModelScratch(V, H, seed=1).double()
+    X, Y = (torch.from_numpy(a) for a in tokens())
+    h0 = model.begin_state(B)[0].double()
+
+    def loss(W_xh, W_hh, b_h, W_hq, b_q):
+        xw = F.embedding(X.T, W_xh) + b_h
+        hs = TanhRecurrence.apply(xw, h0, W_hh)
+        return F.cross_entropy(hs.reshape(-1, H) @ W_hq + b_q, time_major_labels(Y))
+
+    params = tuple(p.detach().clone().requires_grad_() for p in model.canonical_weights().values())
+    assert torch.autograd.gradcheck(loss, params)
+
+
+def test_clipping_is_the_books_global_norm():
+    p = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    p[0].grad, p[1].grad = torch.full((3,), 3.0), torch.full((4,), 4.0)
+    norm = float(torch.sqrt(torch.tensor(9.0 * 3 + 16.0 * 4)))
+    clip_gradients(p, 1.0)
+    assert torch.allclose(p[0].grad, torch.full((3,), 3.0 / norm))
+    p[0].grad, p[1].grad = torch.full((3,), 0.1), torch.full((4,), 0.1)
+    clip_gradients(p, 1.0)  # below theta: unchanged
+    assert torch.allclose(p[0].grad, torch.full((3,), 0.1))
+
+
+@pytest.mark.parametrize("variant", ["scratch", "concise"])
+def test_one_step_changes_every_parameter(variant):
+    e = engine("torch", variant)
+    before = {k: v.copy() for k, v in e.canonical_weights().items()}
+    xs, ys = (a[None] for a in tokens())
+    e.train_epoch(xs, ys, "sequential")
+    after = e.canonical_weights()
+    assert all(not np.array_equal(before[k], after[k]) for k in before)
