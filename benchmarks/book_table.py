@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import prepare_data  # noqa: E402
+from common import prepare_data
 
-from rnn.config import Params, PartitionConfig, TrainConfig  # noqa: E402
-from rnn.train import train_model  # noqa: E402
+from rnn.config import Params, PartitionConfig, TrainConfig
+from rnn.train import train_model
 
 # (backend, variant, sampling) -> the book's printed training perplexity (upper end of its range).
 BOOK = {

@@ -114,7 +114,9 @@ class TrainConfig(StrictModel):
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda", "mps", "gpu"] = "cpu"
     checkpoint_every: Annotated[int, Field(ge=0)] = 50
-    compile: bool = True
+    # Intra-op threads per training run. 1 keeps results independent of the machine's core count
+    # and lets the flow train several variants side by side without OpenMP oversubscription.
+    threads: Annotated[int, Field(ge=1)] | None = 1
 
 
 class EvaluateConfig(StrictModel):

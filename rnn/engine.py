@@ -34,10 +34,18 @@ def make_engine(
     theta: float,
     device: str,
     seed: int,
+    threads: int | None = None,
 ):
     if variant not in VARIANTS:
         raise PipelineError(f"unknown variant {variant!r}", f"choose one of {', '.join(VARIANTS)}")
     module = backend_module(backend)
     return module.Engine(
-        variant, vocab_size, num_hiddens, lr=lr, theta=theta, device=device, seed=seed
+        variant,
+        vocab_size,
+        num_hiddens,
+        lr=lr,
+        theta=theta,
+        device=device,
+        seed=seed,
+        threads=threads,
     )

@@ -45,6 +45,7 @@ def load_trained(backend: str, variant: str, params: Params, model_dir: Path, vo
         theta=params.train.theta,
         device=params.train.device,
         seed=params.train.seed,
+        threads=params.train.threads,
     )
     engine.load(Path(model_dir) / WEIGHTS_FILE)
     return engine

@@ -124,6 +124,7 @@ def train_model(
         theta=tcfg.theta,
         device=tcfg.device,
         seed=tcfg.seed,
+        threads=tcfg.threads,
     )
     history = _load_checkpoint(engine, ckpt_dir, run_fp)
     resumed_from = len(history)

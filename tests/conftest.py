@@ -1,9 +1,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Prefect and DVC keep state under $HOME and phone home; tests get a private, offline home.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="rnn-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))

@@ -207,6 +207,6 @@ def test_missing_device_is_a_clear_error(backend):
     )
     if has_gpu:
         pytest.skip("this machine has a GPU")
-    with pytest.raises(PipelineError, match="no (CUDA device|GPU)"):
+    with pytest.raises(PipelineError, match=r"no (CUDA device|GPU)"):
         engine(backend, "scratch", device="cuda")
     assert engine(backend, "scratch", device="auto").num_params() == V * H + H * H + H + H * V + V

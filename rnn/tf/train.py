@@ -47,6 +47,15 @@ def resolve_device(name: str) -> str:
     return "/CPU:0"
 
 
+def set_threads(threads: int) -> None:
+    """TensorFlow fixes its pools when the runtime starts; later calls keep the first setting."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
+
+
 def time_major_labels(Y: tf.Tensor) -> tf.Tensor:
     """Labels in the logits' order: row ``t * batch + b`` is ``Y[b, t]`` (i.e. ``Y.T.reshape(-1)``)."""
     return tf.reshape(tf.transpose(Y), [-1])
@@ -69,7 +78,10 @@ class Engine:
         theta: float = 1.0,
         device: str = "cpu",
         seed: int = 0,
+        threads: int | None = None,
     ) -> None:
+        if threads:
+            set_threads(threads)
         self.device = resolve_device(device)
         tf.random.set_seed(seed)
         with tf.device(self.device):

@@ -6,18 +6,25 @@ produces, without the int64 -> float conversion pass.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor, nn
+
+_INIT_LOCK = threading.Lock()
 
 
 class RNNModel(nn.Module):
     def __init__(self, vocab_size: int, num_hiddens: int, seed: int | None = None) -> None:
         super().__init__()
-        if seed is not None:
-            torch.manual_seed(seed)  # nn.RNN/nn.Linear draw their init from the global generator
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
-        self.rnn = nn.RNN(vocab_size, num_hiddens)
-        self.linear = nn.Linear(num_hiddens, vocab_size)
+        # nn.RNN and nn.Linear draw their init from the global generator: seed a private fork of it,
+        # under a lock, so runs built side by side in threads (the flow) get the same weights.
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.rnn = nn.RNN(vocab_size, num_hiddens)
+            self.linear = nn.Linear(num_hiddens, vocab_size)
         self.register_buffer("eye", torch.eye(vocab_size), persistent=False)
 
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:

@@ -68,9 +68,11 @@ class Engine:
         theta: float = 1.0,
         device: str = "cpu",
         seed: int = 0,
+        threads: int | None = None,
     ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
         self.device = resolve_device(device)
-        torch.manual_seed(seed)
         self.model = MODELS[variant](vocab_size, num_hiddens, seed=seed).to(self.device)
         self.params = list(self.model.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=lr)

@@ -1,0 +1,72 @@
+"""Scheduled retraining: bring the data up to date, retrain what changed, evaluate, promote a
+model only if its validation perplexity is no worse than the promoted one's, push, and record
+the decision as an artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows import dvc_sync
+from flows.pipeline import pipeline
+from rnn import paths
+from rnn.atomic import atomic_dir
+
+PROMOTED = paths.DATA / "promoted"
+
+
+def held_out_perplexity(eval_record: dict) -> float:
+    """Validation perplexity, or training perplexity when the configuration has no valid split."""
+    ppl = eval_record["perplexity"]
+    return ppl.get("valid", ppl["train"])
+
+
+def promote_if_no_worse(run: str) -> dict[str, Any]:
+    candidate = json.loads((paths.EVAL_DIR / run / "eval.json").read_text())
+    new = held_out_perplexity(candidate)
+    current_file = PROMOTED / run / "eval.json"
+    old = (
+        held_out_perplexity(json.loads(current_file.read_text()))
+        if current_file.is_file()
+        else None
+    )
+    promote = old is None or new <= old
+    if promote:
+        with atomic_dir(PROMOTED / run) as tmp:
+            shutil.copytree(paths.MODELS_DIR / run, tmp, dirs_exist_ok=True)
+            shutil.copy2(paths.EVAL_DIR / run / "eval.json", tmp / "eval.json")
+    return {
+        "run": run,
+        "candidate ppl": round(new, 4),
+        "promoted ppl": None if old is None else round(old, 4),
+        "decision": "promoted" if promote else "kept current",
+    }
+
+
+@flow(name="rnn-retrain", persist_result=True, result_serializer="json", log_prints=True)
+def retrain(params_file: str = "params.yaml", backend: str | None = None) -> dict[str, Any]:
+    logger = get_run_logger()
+    remote = dvc_sync.in_dvc_repo() and dvc_sync.has_remote()
+    if remote:
+        pulled = dvc_sync.run_dvc("pull", "--allow-missing", check=False)
+        logger.info("dvc pull: %s", (pulled.stdout or pulled.stderr).strip()[-200:] or "ok")
+    result = pipeline(params_file=params_file, backend=backend)
+    decisions = [promote_if_no_worse(run) for run in result["runs"]]
+    if remote:
+        pushed = dvc_sync.run_dvc("push", check=False)
+        logger.info("dvc push: %s", (pushed.stdout or pushed.stderr).strip()[-200:] or "ok")
+    create_table_artifact(
+        key="rnn-promotion",
+        table=decisions,
+        description="Promotion decisions (validation perplexity, lower is better)",
+    )
+    return {"decisions": decisions, "pushed": remote}
+
+
+if __name__ == "__main__":
+    retrain(str(Path("params.yaml")))
