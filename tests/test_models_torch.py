@@ -16,7 +16,7 @@ def test_shapes_and_time_major_logits(cls):
     X = torch.from_numpy(tokens()[0])
     logits, state = model(X, model.begin_state(B))
     assert logits.shape == (T * B, V)
-    h = state[0] if isinstance(state, tuple) else state[0]
+    h = state[0]  # (H,) for scratch, (layers, batch, hiddens) for concise
     assert h.shape == (B, H)
     # Row t * B + b is the output for sequence b at step t: compare with stepping one token.
     state = model.begin_state(B)

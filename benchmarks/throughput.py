@@ -1,0 +1,154 @@
+"""Training throughput (CPU) of each backend x variant against the chapter's own code, side by
+side in one invocation: `../shared/bench/seed_baseline.py` and our engine alternate, each in a
+fresh process, at the same settings on the full canonical text (batch 32 x 35 steps, sequential,
+scratch 512 hidden units, concise 256), tokens/s over whole epochs. Also reports the achieved
+FLOP/s against a measured matrix-multiply rate at the recurrent shape (batch x hidden x hidden).
+
+    python benchmarks/throughput.py [--epochs 2] [--runs torch-scratch ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SEED_BASELINE, TIME_MACHINE
+
+HIDDENS = {"scratch": 512, "concise": 256}
+TARGETS = {"torch-scratch": 2, "torch-concise": 2, "tf-scratch": 6, "tf-concise": 10}
+V, B, T = 28, 32, 35
+
+OURS = r"""
+import json, sys, time, numpy as np
+sys.path.insert(0, {root!r})
+from benchmarks.common import prepare_data
+from rnn.config import PartitionConfig
+from rnn.engine import make_engine
+from rnn.partition import epoch_minibatches, load_split
+import tempfile, pathlib
+work = pathlib.Path(tempfile.mkdtemp())
+vocab_dir, part = prepare_data(work, PartitionConfig())
+ids = load_split(part, "train")
+e = make_engine({backend!r}, {variant!r}, 28, {hiddens}, lr=1.0, theta=1.0, device="cpu", seed=0,
+                threads={threads})
+e.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")  # warm-up/tracing
+t0 = time.perf_counter(); n = 0
+for epoch in range({epochs}):
+    loss, count = e.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, epoch), "sequential")
+    n += count
+dt = time.perf_counter() - t0
+print(json.dumps({{"tokens_per_s": n / dt, "perplexity": float(np.exp(loss / count))}}))
+"""
+
+GEMM = r"""
+import json, time
+import {module}
+if {module!r} == "torch":
+    import torch; torch.set_num_threads({threads}); a, w = torch.randn({b}, {h}), torch.randn({h}, {h}); mm = torch.mm
+else:
+    import tensorflow as tf; a, w = tf.random.normal(({b}, {h})), tf.random.normal(({h}, {h})); mm = tf.linalg.matmul
+for _ in range(50): mm(a, w)
+t0 = time.perf_counter()
+for _ in range(2000): r = mm(a, w)
+float(r[0, 0])
+print(json.dumps({{"flops": 2000 * 2 * {b} * {h} * {h} / (time.perf_counter() - t0)}}))
+"""
+
+
+def last_json(cmd: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def flops_per_token(h: int) -> float:
+    """Forward 2H^2 (recurrence) + 2HV (output); backward twice that; the gather is free."""
+    return 3 * (2 * h * h + 2 * h * V)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--baseline-epochs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="our intra-op threads (train.threads)")
+    ap.add_argument("--runs", nargs="*", default=list(TARGETS))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    root = str(Path(__file__).resolve().parents[1])
+    rows = []
+    for run in args.runs:
+        backend, variant = run.split("-")
+        h = HIDDENS[variant]
+        seed = last_json(
+            [
+                sys.executable,
+                str(SEED_BASELINE),
+                str(TIME_MACHINE),
+                backend,
+                variant,
+                str(args.baseline_epochs),
+                "--hiddens",
+                str(h),
+            ]
+        )
+        ours = last_json(
+            [
+                sys.executable,
+                "-c",
+                OURS.format(
+                    root=root,
+                    backend=backend,
+                    variant=variant,
+                    hiddens=h,
+                    epochs=args.epochs,
+                    threads=args.threads,
+                ),
+            ]
+        )
+        gemm = last_json(
+            [
+                sys.executable,
+                "-c",
+                GEMM.format(
+                    module="torch" if backend == "torch" else "tensorflow",
+                    b=B,
+                    h=h,
+                    threads=args.threads,
+                ),
+            ]
+        )
+        ratio = ours["tokens_per_s"] / seed["tokens_per_s"]
+        achieved = ours["tokens_per_s"] * flops_per_token(h)
+        rows.append(
+            {
+                "run": run,
+                "seed_tokens_per_s": round(seed["tokens_per_s"]),
+                "ours_tokens_per_s": round(ours["tokens_per_s"]),
+                "ratio": round(ratio, 2),
+                "target": TARGETS[run],
+                "ok": ratio >= TARGETS[run],
+                "achieved_gflops": round(achieved / 1e9, 1),
+                "gemm_gflops": round(gemm["flops"] / 1e9, 1),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    print(
+        "\n| run | chapter tok/s | ours tok/s | ratio | target | achieved GFLOP/s | GEMM GFLOP/s |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['run']} | {r['seed_tokens_per_s']:,} | {r['ours_tokens_per_s']:,} | "
+            f"{r['ratio']}x {'ok' if r['ok'] else 'MISS'} | {r['target']}x | "
+            f"{r['achieved_gflops']} | {r['gemm_gflops']} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
