@@ -174,9 +174,8 @@ def report(
     from rnn.report import build_report
 
     cfg = load_params(params).train
-    rows = build_report([(b, v) for b in cfg.backends for v in cfg.variants], out)
+    build_report([(b, v) for b in cfg.backends for v in cfg.variants], out)
     typer.echo((out / "report.md").read_text())
-    del rows
 
 
 @app.command()

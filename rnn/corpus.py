@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +154,3 @@ def read_text_rows(path: str | Path) -> list[np.ndarray]:
         data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
         rows.append(data[offsets[chunk.offset] : offsets[chunk.offset + len(chunk)]])
     return rows
-
-
-def summary_dict(summary: IngestSummary) -> dict:
-    return asdict(summary)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from rnn import paths
@@ -112,9 +112,8 @@ def train_model(
         "partition": pcfg.model_dump(),
         "train": tcfg.model_dump(exclude={"backends", "variants"}),
     }
-    run_fp = fingerprint(
-        {"run": name, **trained_with, **data_hashes, "code": library_versions("x", "")}
-    )
+    versions = library_versions(backend, engine_version(backend))
+    run_fp = fingerprint({"run": name, **trained_with, **data_hashes, "versions": versions})
     engine = make_engine(
         backend,
         variant,
@@ -172,7 +171,7 @@ def train_model(
         "params": trained_with,
         **data_hashes,
         "token_type": vocab.token_type,
-        "versions": library_versions(backend, engine_version(backend)),
+        "versions": versions,
         "device": tcfg.device,
         "epochs": len(history),
         "train_perplexity": final["train/perplexity"],
@@ -212,7 +211,3 @@ def _summary(name, model_dir, history, resumed_from, wall, engine) -> TrainSumma
         wall_time_s=wall,
         num_params=engine.num_params(),
     )
-
-
-def summary_dict(summary: TrainSummary) -> dict:
-    return asdict(summary)

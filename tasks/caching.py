@@ -17,17 +17,16 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 
 import rnn
+from rnn.record import file_sha256
 
 
 def _hash_path(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    """A file's sha256, or a directory's: its files' relative names and sha256s, sorted."""
+    if not path.is_dir():
+        return file_sha256(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = [(str(f.relative_to(path)), file_sha256(f)) for f in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 @lru_cache(maxsize=1)

@@ -89,7 +89,9 @@ class Engine:
         self.variables = list(self.model.canonical_weights().values())
         self.lr, self.theta = lr, theta
         self._epoch_fns: dict[bool, tf.types.experimental.GenericFunction] = {}
-        self._eval_fn = tf.function(self._eval_graph)
+        # Splits differ in length and rows: let one trace serve them all.
+        self._eval_fn = tf.function(self._eval_graph, reduce_retracing=True)
+        self._step_fn = tf.function(self.model.__call__)
 
     def train_step(self, X: tf.Tensor, Y: tf.Tensor, state):
         with tf.GradientTape() as tape:
@@ -146,12 +148,8 @@ class Engine:
         return float(total), xs.size
 
     def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> list[int]:
-        @tf.function
-        def forward(x, state):
-            return self.model(x, state)
-
         def step(token: int, state):
-            logits, state = forward(tf.constant([[token]], tf.int32), list(state))
+            logits, state = self._step_fn(tf.constant([[token]], tf.int32), list(state))
             return logits[0].numpy(), state
 
         return generate(
