@@ -34,6 +34,12 @@ def fingerprint(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def weights_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """safetensors keeps header metadata in a hash map whose order changes from call to call, so
+    several keys make identical weights hash differently; one key with sorted JSON does not."""
+    return {"rnn": json.dumps(metadata, sort_keys=True)} if metadata else None
+
+
 def read_record(model_dir: str | Path) -> dict:
     from rnn.errors import PipelineError
 

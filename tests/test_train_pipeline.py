@@ -90,11 +90,6 @@ def test_train_evaluate_and_outputs(data, tmp_path, backend, variant):
     assert len(ev.samples["time traveller"]) == len("time traveller") + 50
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: on this CPU the resumed (and occasionally the repeated) run differs in "
-    "the last bits from an uninterrupted one; passes in isolation, flaky in the full suite",
-)
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_repeat_is_bit_identical_and_resume_matches(data, tmp_path, backend):
     params = tiny_params()

@@ -15,6 +15,7 @@ import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 
 from rnn.errors import PipelineError
+from rnn.record import weights_metadata
 from rnn.sampling import generate
 from rnn.tf.concise import RNNModel
 from rnn.tf.scratch import RNNModelScratch
@@ -173,7 +174,7 @@ class Engine:
 
     def save(self, path, metadata: dict[str, str] | None = None) -> None:
         """Weights only, as safetensors (no pickle); the names are the chapter's."""
-        save_file(self.canonical_weights(), str(path), metadata=metadata)
+        save_file(self.canonical_weights(), str(path), metadata=weights_metadata(metadata))
 
     def load(self, path) -> None:
         self.load_canonical_weights(load_file(str(path)))

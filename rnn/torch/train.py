@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from rnn.errors import PipelineError
+from rnn.record import weights_metadata
 from rnn.sampling import generate
 from rnn.torch.concise import RNNModel
 from rnn.torch.scratch import RNNModelScratch
@@ -147,7 +148,7 @@ class Engine:
     def save(self, path, metadata: dict[str, str] | None = None) -> None:
         """Weights only, as safetensors (no pickle)."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(path), metadata=metadata)
+        save_file(state, str(path), metadata=weights_metadata(metadata))
 
     def load(self, path) -> None:
         self.model.load_state_dict(load_file(str(path), device=str(self.device)))
