@@ -73,7 +73,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--baseline-epochs", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="our intra-op threads (train.threads)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="our intra-op threads (train.threads); 0 = the framework's default, as the "
+        "chapter's code uses",
+    )
     ap.add_argument("--runs", nargs="*", default=list(TARGETS))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

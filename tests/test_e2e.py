@@ -1,0 +1,241 @@
+"""End to end with the real parts: a Prefect server, a process work pool, the deployments of
+prefect.yaml, a worker, and a deployment run of the pipeline (tf only, tiny parameters) in a
+fresh git + DVC copy of the project. Everything it starts is stopped, and checked gone, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import suppress
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from .conftest import ROOT
+from .test_flows import tiny_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+HEALTH_TIMEOUT_S = 90
+RUN_TIMEOUT_S = 600
+UUID_RE = re.compile(r"UUID:\s*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_env(home: Path, repo: Path, api_url: str) -> dict[str, str]:
+    """An explicit environment for every child: none of this process's PREFECT_* settings
+    (conftest sets some at import) leak in, and the API, home and storage are private."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return {
+        **base,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PREFECT_HOME": str(home / "prefect-home"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-storage"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
+        "RNN_PROJECT_DIR": str(repo),
+        "PYTHONPATH": str(repo),  # the flow imports the copy's rnn/, tasks/, flows/
+    }
+
+
+def copy_repo(dest: Path, env: dict[str, str]) -> Path:
+    """The working tree (tracked and untracked, not ignored) as a fresh git repo, tiny params."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
+    return dest
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 120):
+    result = subprocess.run(
+        ["prefect", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.is_file() else ""
+
+
+def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"prefect server exited with {server.returncode}:\n{tail(log)}")
+        with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.3)
+    pytest.fail(f"prefect server not healthy after {HEALTH_TIMEOUT_S} s:\n{tail(log)}")
+
+
+def stop(p: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate, wait, terminate again (Prefect turns a 2nd SIGTERM into SIGKILL), kill."""
+    if p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def stop_tree(p: subprocess.Popen) -> list[psutil.Process]:
+    """Stop ``p``, then kill its process group and every descendant seen before it stopped
+    (the worker starts flow runs in sessions of their own). Returns the ones still alive."""
+    try:
+        family = psutil.Process(p.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    stop(p)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)  # start_new_session: the group id is the pid
+    for child in family:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    return alive
+
+
+def test_deployment_run_on_a_worker(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    repo = tmp_path / "repo"
+    env = make_env(tmp_path, repo, url)
+    copy_repo(repo, env)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    started: list[subprocess.Popen] = []
+    server_log, worker_log = logs / "server.log", logs / "worker.log"
+    try:
+        with server_log.open("wb") as out:
+            server = subprocess.Popen(
+                ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        started.append(server)
+        wait_healthy(url, server, server_log)
+
+        cli("work-pool", "create", "rnn-pool", "--type", "process", cwd=repo, env=env)
+        cli("--no-prompt", "deploy", "--all", cwd=repo, env=env)
+
+        with worker_log.open("wb") as out:
+            worker = subprocess.Popen(
+                ["prefect", "worker", "start", "--pool", "rnn-pool"],
+                cwd=repo,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        started.insert(0, worker)  # stopped first
+
+        run = subprocess.run(
+            [
+                "prefect",
+                "deployment",
+                "run",
+                "rnn-pipeline/default",
+                "--param",
+                "backend=tf",
+                "--watch",
+                "--watch-interval",
+                "1",
+                "--watch-timeout",
+                str(RUN_TIMEOUT_S),
+            ],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S + 60,
+        )
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, f"{output}\n--- worker log ---\n{tail(worker_log, 8000)}"
+        match = UUID_RE.search(output)
+        assert match, output
+        flow_run_id = match.group(1)
+
+        # Outputs in the copy: the two tf runs, their evaluations and the report; no torch runs.
+        for run_name in ("tf-scratch", "tf-concise"):
+            assert (repo / "data/models" / run_name / "model.safetensors").is_file()
+            assert (repo / "data/models" / run_name / "run.json").is_file()
+            assert (repo / "data/eval" / run_name / "eval.json").is_file()
+        assert (repo / "reports/report.md").is_file()
+        assert not (repo / "data/models/torch-scratch").exists()
+        assert not (repo / "data/models/torch-concise").exists()
+        assert not list((repo / "data/eval").glob("torch-*"))
+
+        # The server's record: the run Completed, with both artifacts attached to it.
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+        assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+        assert flow_run.parameters.get("backend") == "tf"
+        by_key = {a.key: a for a in artifacts}
+        assert {"rnn-comparison", "rnn-samples"} <= set(by_key), sorted(by_key)
+        table = by_key["rnn-comparison"].data
+        table = json.loads(table) if isinstance(table, str) else table
+        assert sorted(row["run"] for row in table) == ["tf-concise", "tf-scratch"]
+        assert "tf-scratch" in by_key["rnn-samples"].data
+    finally:
+        survivors = [p for proc in started for p in stop_tree(proc)]
+    assert all(p.poll() is not None for p in started)
+    assert not survivors, f"processes left running: {survivors}"
