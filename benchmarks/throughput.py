@@ -48,7 +48,7 @@ GEMM = r"""
 import json, time
 import {module}
 if {module!r} == "torch":
-    import torch; torch.set_num_threads({threads}); a, w = torch.randn({b}, {h}), torch.randn({h}, {h}); mm = torch.mm
+    import torch; {threads} and torch.set_num_threads({threads}); a, w = torch.randn({b}, {h}), torch.randn({h}, {h}); mm = torch.mm
 else:
     import tensorflow as tf; a, w = tf.random.normal(({b}, {h})), tf.random.normal(({h}, {h})); mm = tf.linalg.matmul
 for _ in range(50): mm(a, w)
