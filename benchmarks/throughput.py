@@ -110,7 +110,7 @@ def main() -> int:
                     variant=variant,
                     hiddens=h,
                     epochs=args.epochs,
-                    threads=args.threads,
+                    threads=args.threads or None,
                 ),
             ]
         )
