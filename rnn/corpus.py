@@ -18,7 +18,7 @@ from rnn.fetch import resolve_source
 from rnn.text import check_text, normalize_d2l, normalize_raw, strip_gutenberg
 
 PROVENANCE_KEY = b"rnn.provenance"
-ROW_BYTES = 1 << 24  # rows of ~16 MiB keep Arrow buffers and per-row work bounded
+ROW_BYTES = 1 << 22  # rows of ~4 MiB keep Arrow temporaries (word splitting) small
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
             compression="none",
             use_dictionary=False,
             write_statistics=False,
+            row_group_size=1,  # one ~4 MiB row per group: readers get bounded chunks
         )
     return IngestSummary(
         path=str(out),

@@ -121,7 +121,8 @@ def _count_chars(rows: list[np.ndarray]) -> _Counted:
 def _count_words(rows: list[np.ndarray], normalization: str) -> _Counted:
     """Split on whitespace with Arrow and dictionary-encode; the dictionary is in first-seen order."""
     dictionary = pa.array([], type=pa.large_string())
-    ids = []
+    ids: list[np.ndarray] = []
+    counts = np.zeros(0, dtype=np.int64)
     for r in rows:
         text = pa.LargeStringArray.from_buffers(
             1, pa.py_buffer(np.array([0, r.size], dtype=np.int64)), pa.py_buffer(r)
@@ -131,19 +132,31 @@ def _count_words(rows: list[np.ndarray], normalization: str) -> _Counted:
             if normalization == "d2l"
             else pc.utf8_split_whitespace(text)
         )
-        words = pc.filter(words, pc.not_equal(pc.binary_length(words), 0))
+        words = _drop_empty(words, normalization)
         encoded = pc.dictionary_encode(words)
         local = encoded.dictionary.cast(pa.large_string())
         # Map this row's dictionary into the global one, appending words not seen before.
         where = pc.index_in(local, value_set=dictionary).to_numpy(zero_copy_only=False)
         missing = np.isnan(where) if where.dtype.kind == "f" else np.zeros(len(where), bool)
-        remap = np.where(missing, 0, where).astype(np.int64)
-        remap[missing] = len(dictionary) + np.arange(missing.sum())
+        remap = np.where(missing, 0, where).astype(np.int32)
+        remap[missing] = len(dictionary) + np.arange(missing.sum(), dtype=np.int32)
         dictionary = pa.concat_arrays([dictionary, local.filter(pa.array(missing))])
-        ids.append(remap[encoded.indices.to_numpy()].astype(np.int32))
-    counts = np.bincount(np.concatenate(ids), minlength=len(dictionary)) if ids else np.zeros(0)
+        ids.append(remap[encoded.indices.to_numpy()])
+        # Count row by row (no concatenated copy of all ids); the dictionary only grows.
+        row_counts = np.bincount(ids[-1], minlength=len(dictionary))
+        counts = np.concatenate([counts, np.zeros(len(row_counts) - len(counts), np.int64)])
+        counts += row_counts
     first = np.arange(len(dictionary))  # dictionary order is first-seen order
-    return _Counted(ids, dictionary.to_pylist(), counts.astype(np.int64), first)
+    return _Counted(ids, dictionary.to_pylist(), counts, first)
+
+
+def _drop_empty(words: pa.Array, normalization: str) -> pa.Array:
+    """d2l text has single spaces and no leading one, so only a row's last word can be empty
+    (rows end at a space); raw text needs a full filter."""
+    if normalization == "d2l":
+        n = len(words)
+        return words.slice(0, n - 1) if n and words[n - 1].as_py() == "" else words
+    return pc.filter(words, pc.not_equal(pc.binary_length(words), 0))
 
 
 def order_tokens(counted: _Counted, cfg: VocabConfig) -> tuple[list[str], np.ndarray]:
@@ -209,11 +222,17 @@ def build_vocab(corpus: str | Path, cfg: VocabConfig, out_dir: str | Path) -> Vo
 
 
 def _save_encoded(path: Path, chunks: list[np.ndarray], lut: np.ndarray, total: int) -> None:
-    """Encode with a table lookup (fancy indexing beats np.take here) and save as .npy."""
-    encoded = lut[chunks[0]] if len(chunks) == 1 else np.concatenate([lut[c] for c in chunks])
-    assert encoded.size == total
+    """Encode row by row with a table lookup (fancy indexing beats np.take here) and append each
+    row to one .npy, so the encoded corpus is never held whole in memory."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(lut.dtype),
+        "fortran_order": False,
+        "shape": (total,),
+    }
     with open(path, "wb") as f:
-        np.save(f, encoded)
+        np.lib.format.write_array_header_1_0(f, header)
+        for c in chunks:
+            lut[c].tofile(f)
 
 
 def load_ids(path: str | Path) -> np.ndarray:
