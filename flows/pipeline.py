@@ -18,6 +18,7 @@ from prefect.futures import wait
 from flows import dvc_sync
 from rnn import paths
 from rnn.config import Params, load_params, validate_params
+from tasks.caching import with_outputs
 from tasks.stages import (
     evaluate_task,
     ingest_task,
@@ -84,18 +85,25 @@ def pipeline(
     def reuse(stage: str) -> bool:
         return stale is not None and stage not in stale
 
+    def runnable(task, stage: str, *outputs):
+        return with_outputs(task, *outputs, stale=stale is not None and stage in stale)
+
     pdict = params.model_dump()
     local = None if params.ingest.is_url else params.ingest.source
-    ingest_task(pdict["ingest"], str(paths.CORPUS), local, reuse=reuse("ingest"))
-    vocab_task(pdict["vocab"], str(paths.CORPUS), str(paths.VOCAB_DIR), reuse=reuse("vocab"))
-    partition_task(
+    runnable(ingest_task, "ingest", paths.CORPUS)(
+        pdict["ingest"], str(paths.CORPUS), local, reuse=reuse("ingest")
+    )
+    runnable(vocab_task, "vocab", paths.VOCAB_DIR)(
+        pdict["vocab"], str(paths.CORPUS), str(paths.VOCAB_DIR), reuse=reuse("vocab")
+    )
+    runnable(partition_task, "partition", paths.PARTITION_DIR)(
         pdict["partition"],
         str(paths.VOCAB_DIR / "ids.npy"),
         str(paths.PARTITION_DIR),
         reuse=reuse("partition"),
     )
     trained = [
-        train_task.submit(
+        runnable(train_task, stage, paths.model_dir(b, v)).submit(
             b,
             v,
             pdict,
@@ -108,7 +116,7 @@ def pipeline(
         for (b, v), stage in zip(runs, stages["train"], strict=True)
     ]
     evaluated = [
-        evaluate_task.submit(
+        runnable(evaluate_task, stage, paths.eval_dir(b, v)).submit(
             b,
             v,
             pdict,

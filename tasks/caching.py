@@ -72,8 +72,10 @@ class StageFiles(CachePolicy):
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def with_outputs(task, *outputs: str | Path):
-    """The task itself, or a copy that recomputes (and re-caches) if any output is missing."""
-    if all(Path(o).exists() for o in outputs):
+def with_outputs(task, *outputs: str | Path, stale: bool = False):
+    """The task itself, or a copy that recomputes (and re-caches) when any output is missing or
+    the caller knows the outputs on disk are stale (DVC says so): a cache hit returns a summary,
+    it does not restore files."""
+    if not stale and all(Path(o).exists() for o in outputs):
         return task
     return task.with_options(refresh_cache=True)
