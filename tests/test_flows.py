@@ -204,3 +204,21 @@ def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
     assert sh("dvc", "status", "--json", cwd=repo).stdout.strip() in ("{}", "")
     assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
     assert lock_hashes(repo) == repro_hashes
+
+
+def test_dvc_metrics_plots_experiments_and_remote(repo):
+    sh("dvc", "repro", cwd=repo)
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
+    assert "train" in json.dumps(metrics) and "perplexity" in json.dumps(metrics)
+    sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
+    assert (repo / "plots_out" / "index.html").is_file()
+    sh("dvc", "exp", "run", "-S", "train.lr=0.5", cwd=repo)
+    exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
+    assert "0.5" in exps and "perplexity" in exps
+    # The default remote is a local directory: push, drop the cache, pull back.
+    sh("dvc", "push", cwd=repo)
+    assert any((repo / ".dvc-remote").rglob("*"))
+    shutil.rmtree(repo / ".dvc" / "cache")
+    (repo / "data" / "corpus.parquet").unlink()
+    sh("dvc", "pull", cwd=repo)
+    assert (repo / "data" / "corpus.parquet").is_file()
