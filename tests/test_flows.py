@@ -222,3 +222,34 @@ def test_dvc_metrics_plots_experiments_and_remote(repo):
     (repo / "data" / "corpus.parquet").unlink()
     sh("dvc", "pull", cwd=repo)
     assert (repo / "data" / "corpus.parquet").is_file()
+
+
+def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.retrain import retrain
+
+    monkeypatch.chdir(repo)
+    first = retrain(backend="torch", return_state=True).result()
+    assert {d["decision"] for d in first["decisions"]} == {"promoted"}
+    assert first["pushed"]  # the default local remote is configured
+    promoted = repo / "data/promoted/torch-scratch"
+    assert (promoted / "model.safetensors").is_file() and (promoted / "eval.json").is_file()
+    # Pretend the promoted model is better than anything retraining can produce.
+    record = json.loads((promoted / "eval.json").read_text())
+    record["perplexity"] = {k: 1.0 for k in record["perplexity"]}
+    (promoted / "eval.json").write_text(json.dumps(record))
+    state = retrain(backend="torch", return_state=True)
+    decisions = {d["run"]: d["decision"] for d in state.result()["decisions"]}
+    # Same data and parameters retrain the same concise model: equal is "no worse", promoted.
+    assert decisions == {"torch-scratch": "kept current", "torch-concise": "promoted"}
+    assert json.loads((promoted / "eval.json").read_text())["perplexity"]["valid"] == 1.0
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    table = json.loads(next(a for a in arts if a.key == "rnn-promotion").data)
+    assert {(row["run"], row["decision"]) for row in table} == set(decisions.items())
