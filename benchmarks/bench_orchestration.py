@@ -47,8 +47,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,12 +56,13 @@ import urllib.request
 from contextlib import suppress
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
 TIME_MACHINE = SHARED / "corpora" / "timemachine.txt"
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+from tests.workspace import copy_project, free_port, stop  # noqa: E402
+
 TARGET_FLOW_EXTRA_S, TARGET_DVC_NOOP_S = 5.0, 3.0
 
 DIRECT_CHILD = """
@@ -108,39 +107,6 @@ print("RESULT " + json.dumps({"import_s": t1 - t0, "run_s": t2 - t1, "runs": len
 """
 
 
-def tiny_params() -> dict:
-    """The tests' tiny configuration (tests/test_flows.py::tiny_params, lr 1)."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(source=str(TIME_MACHINE), sha1=None)
-    params["partition"].update(
-        max_tokens=3000, train=0.8, valid=0.1, test=0.1, batch_size=4, num_steps=10
-    )
-    params["train"].update(
-        epochs=2,
-        lr=1.0,
-        checkpoint_every=0,
-        models={"scratch": {"num_hiddens": 16}, "concise": {"num_hiddens": 16}},
-    )
-    params["evaluate"].update(num_preds=10)
-    return params
-
-
-def copy_tree(dest: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    return dest
-
-
 def base_env(tmp: Path) -> dict[str, str]:
     """No PREFECT_* from this environment; offline, private homes, venv first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -163,30 +129,6 @@ def median(xs: list[float]) -> float:
 # --------------------------------------------------------------------------------------------
 # (a) flow vs direct
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(p: subprocess.Popen, timeout: float = 10) -> None:
-    """Terminate, wait, terminate again (Prefect turns a 2nd SIGTERM into SIGKILL), kill; then
-    the process group (started with start_new_session, so its id is the pid)."""
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(p.pid, signal.SIGKILL)
 
 
 def start_server(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
@@ -242,7 +184,7 @@ def run_child(mode: str, repo: Path, tmp: Path, env: dict[str, str], i: int) -> 
 
 
 def bench_flow(tmp: Path, repeats: int, concurrent: bool) -> dict:
-    repo = copy_tree(tmp / "repo-flow")
+    repo = copy_project(tmp / "repo-flow", git=False)
     shutil.rmtree(repo / ".dvc", ignore_errors=True)  # not a DVC repository: the flow runs all
     env = base_env(tmp)
     server, url, startup = start_server(tmp, env)
@@ -295,11 +237,8 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 
 
 def bench_dvc(tmp: Path, repeats: int) -> dict:
-    repo = copy_tree(tmp / "repo-dvc")
+    repo = copy_project(tmp / "repo-dvc")
     env = base_env(tmp)
-    git = ["git", "-c", "user.email=b@b", "-c", "user.name=bench"]
-    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     first, out = timed(["dvc", "repro"], repo, env)
     if "Running stage 'report'" not in out:
         raise SystemExit(f"the first dvc repro did not run the pipeline:\n{out[-2000:]}")

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -13,10 +12,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
-CORPORA = SHARED / "corpora"
-TIME_MACHINE = CORPORA / "timemachine.txt"
+from .workspace import CORPORA, ROOT, SHARED, TIME_MACHINE  # noqa: F401
+
 GUTENBERG = CORPORA / "timemachine-gutenberg.txt"
 SHAKESPEARE = CORPORA / "tinyshakespeare.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"

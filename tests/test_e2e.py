@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,10 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from .conftest import ROOT
-from .test_flows import tiny_params
+from .workspace import copy_project, free_port, stop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,12 +27,6 @@ BIN = Path(sys.executable).parent
 HEALTH_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 600
 UUID_RE = re.compile(r"UUID:\s*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_env(home: Path, repo: Path, api_url: str) -> dict[str, str]:
@@ -62,26 +52,6 @@ def make_env(home: Path, repo: Path, api_url: str) -> dict[str, str]:
     }
 
 
-def copy_repo(dest: Path, env: dict[str, str]) -> Path:
-    """The working tree (tracked and untracked, not ignored) as a fresh git repo, tiny params."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
-    return dest
-
-
 def cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 120):
     result = subprocess.run(
         ["prefect", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
@@ -104,22 +74,6 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
                 return
         time.sleep(0.3)
     pytest.fail(f"prefect server not healthy after {HEALTH_TIMEOUT_S} s:\n{tail(log)}")
-
-
-def stop(p: subprocess.Popen, timeout: float = 10) -> None:
-    """Terminate, wait, terminate again (Prefect turns a 2nd SIGTERM into SIGKILL), kill."""
-    if p.poll() is not None:
-        return
-    p.terminate()
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def stop_tree(p: subprocess.Popen) -> list[psutil.Process]:
@@ -148,7 +102,7 @@ def test_deployment_run_on_a_worker(tmp_path):
     url = f"http://127.0.0.1:{port}/api"
     repo = tmp_path / "repo"
     env = make_env(tmp_path, repo, url)
-    copy_repo(repo, env)
+    copy_project(repo)
     logs = tmp_path / "logs"
     logs.mkdir()
 

@@ -12,26 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, TIME_MACHINE
+from .workspace import copy_project, tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def tiny_params(lr: float = 1.0) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"].update(source=str(TIME_MACHINE), sha1=None)
-    params["partition"].update(
-        max_tokens=3000, train=0.8, valid=0.1, test=0.1, batch_size=4, num_steps=10
-    )
-    params["train"].update(
-        epochs=2,
-        lr=lr,
-        checkpoint_every=0,
-        models={"scratch": {"num_hiddens": 16}, "concise": {"num_hiddens": 16}},
-    )
-    params["evaluate"].update(num_preds=10)
-    return params
 
 
 def env() -> dict[str, str]:
@@ -66,23 +50,7 @@ def harness(tmp_path_factory):
 @pytest.fixture
 def repo(tmp_path):
     """A copy of the project's working tree as a fresh git + DVC repository with tiny params."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    dest = tmp_path / "repo"
-    for f in files:
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    sh("git", "init", "-q", cwd=dest)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=dest)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", cwd=dest)
-    return dest
+    return copy_project(tmp_path / "repo")
 
 
 def task_states(flow_run_id) -> dict[str, str]:
