@@ -4,6 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from rnn.torch.concise import RNNModel
+from rnn.torch.kernels import onednn_usable
 from rnn.torch.scratch import RNNModelScratch, TanhRecurrence
 from rnn.torch.train import clip_gradients, time_major_labels
 
@@ -67,21 +68,41 @@ def test_scratch_and_concise_agree_on_logits_and_gradients():
 
 def test_hand_written_bptt_matches_finite_differences():
     g = torch.Generator().manual_seed(0)
-    xw = torch.randn(5, 3, 4, dtype=torch.double, generator=g, requires_grad=True)
-    h0 = torch.randn(3, 4, dtype=torch.double, generator=g, requires_grad=True)
-    w = (0.5 * torch.randn(4, 4, dtype=torch.double, generator=g)).requires_grad_()
-    assert torch.autograd.gradcheck(TanhRecurrence.apply, (xw, h0, w))
+    ids = torch.randint(0, 3, (5, 2), generator=g)  # (steps, batch) over a 3-token vocabulary
+    h0, w_hh, w_xh, b_h = (
+        (s * torch.randn(shape, dtype=torch.double, generator=g)).requires_grad_()
+        for s, shape in ((1, (2, 4)), (0.5, (4, 4)), (1, (3, 4)), (1, (4,)))
+    )
+    assert torch.autograd.gradcheck(TanhRecurrence.apply, (ids, h0, w_hh, w_xh, b_h))
     model = RNNModelScratch(V, H, seed=1).double()
     X, Y = (torch.from_numpy(a) for a in tokens())
     h0 = model.begin_state(B)[0].double()
 
     def loss(W_xh, W_hh, b_h, W_hq, b_q):
-        xw = F.embedding(X.T, W_xh) + b_h
-        hs = TanhRecurrence.apply(xw, h0, W_hh)
+        hs = TanhRecurrence.apply(X.T, h0, W_hh, W_xh, b_h)
         return F.cross_entropy(hs.reshape(-1, H) @ W_hq + b_q, time_major_labels(Y))
 
     params = tuple(p.detach().clone().requires_grad_() for p in model.canonical_weights().values())
     assert torch.autograd.gradcheck(loss, params)
+
+
+@pytest.mark.skipif(not onednn_usable(torch.zeros(1)), reason="no oneDNN in this PyTorch build")
+def test_onednn_products_equal_plain_ones(monkeypatch):
+    """The fused oneDNN path (CPU float32) and plain addmm give the same logits and gradients."""
+    weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
+    X, Y = (torch.from_numpy(a) for a in tokens())
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("RNN_TORCH_ONEDNN", flag)
+        model = RNNModelScratch(V, H)
+        model.load_canonical_weights(weights)
+        h0 = torch.randn(B, H, generator=torch.Generator().manual_seed(3)).requires_grad_()
+        logits, (h_last,) = model(X, (h0,))
+        (F.cross_entropy(logits, time_major_labels(Y)) + h_last.sum()).backward()
+        grads = [p.grad for p in model.parameters()] + [h0.grad]
+        results.append([logits.detach(), h_last.detach(), *grads])
+    for fused, plain in zip(*results, strict=True):
+        assert torch.allclose(fused, plain, atol=1e-5), (fused - plain).abs().max()
 
 
 def test_clipping_is_the_books_global_norm():

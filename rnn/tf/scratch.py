@@ -14,6 +14,32 @@ def normal(shape: tuple[int, ...], generator: tf.random.Generator) -> tf.Tensor:
     return generator.normal(shape, mean=0.0, stddev=0.01, dtype=tf.float32)
 
 
+@tf.custom_gradient
+def tanh_recurrence(xw: tf.Tensor, h0: tf.Tensor, W_hh: tf.Tensor):
+    """H_t = tanh(XW_t + H_{t-1} @ W_hh) for all t, with a hand-written backward (BPTT) whose
+    weight gradient is one product over all steps instead of one small product per step."""
+    h, outputs = h0, []
+    for t in range(xw.shape[0]):
+        h = tf.tanh(xw[t] + tf.matmul(h, W_hh))
+        outputs.append(h)
+    hs = tf.stack(outputs)
+
+    def backward(grad_hs: tf.Tensor):
+        tanh_grad = 1 - hs * hs
+        carry, grad_pre = tf.zeros_like(h0), []
+        for t in range(xw.shape[0] - 1, -1, -1):
+            g = (grad_hs[t] + carry) * tanh_grad[t]
+            grad_pre.append(g)
+            carry = tf.matmul(g, W_hh, transpose_b=True)
+        grad_pre = tf.stack(grad_pre[::-1])
+        hidden = W_hh.shape[0]
+        prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), (-1, hidden))
+        grad_w = tf.matmul(prev, tf.reshape(grad_pre, (-1, hidden)), transpose_a=True)
+        return grad_pre, carry, grad_w
+
+    return hs, backward
+
+
 class RNNModelScratch(tf.Module):
     def __init__(self, vocab_size: int, num_hiddens: int, seed: int | None = None) -> None:
         super().__init__()
@@ -32,12 +58,9 @@ class RNNModelScratch(tf.Module):
         """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state."""
         (H,) = state
         xw = tf.gather(self.W_xh, tf.transpose(X)) + self.b_h  # == one_hot(X.T) @ W_xh + b_h
-        outputs = []
-        for t in range(X.shape[1]):
-            H = tf.tanh(xw[t] + tf.matmul(H, self.W_hh))
-            outputs.append(H)
-        hs = tf.reshape(tf.stack(outputs), (-1, self.num_hiddens))
-        return tf.matmul(hs, self.W_hq) + self.b_q, (H,)
+        hs = tanh_recurrence(xw, H, self.W_hh)
+        logits = tf.matmul(tf.reshape(hs, (-1, self.num_hiddens)), self.W_hq) + self.b_q
+        return logits, (hs[-1],)
 
     def canonical_weights(self) -> dict[str, tf.Variable]:
         return {n: getattr(self, n) for n in ("W_xh", "W_hh", "b_h", "W_hq", "b_q")}

@@ -15,6 +15,7 @@ import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 
 from rnn.errors import PipelineError
+from rnn.malloc import keep_freed_memory
 from rnn.record import weights_metadata
 from rnn.sampling import generate
 from rnn.tf.concise import RNNModel
@@ -90,6 +91,8 @@ class Engine:
         if threads:
             set_threads(threads)
         self.device = resolve_device(device)
+        if self.device == "/CPU:0":
+            keep_freed_memory()
         tf.random.set_seed(seed)
         with tf.device(self.device):
             self.model = MODELS[variant](vocab_size, num_hiddens, seed=seed)

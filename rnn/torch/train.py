@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from rnn.errors import PipelineError
+from rnn.malloc import keep_freed_memory
 from rnn.record import weights_metadata
 from rnn.sampling import generate
 from rnn.torch.concise import RNNModel
@@ -74,6 +75,8 @@ class Engine:
         if threads:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model = MODELS[variant](vocab_size, num_hiddens, seed=seed).to(self.device)
         self.params = list(self.model.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=lr)
