@@ -48,14 +48,30 @@ GEMM = r"""
 import json, time
 import {module}
 if {module!r} == "torch":
-    import torch; {threads} and torch.set_num_threads({threads}); a, w = torch.randn({b}, {h}), torch.randn({h}, {h}); mm = torch.mm
+    import torch; {threads} and torch.set_num_threads({threads}); a, w = torch.randn({b}, {h}), torch.randn({h}, {h})
+    lin, pack = torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight
+    packed = pack(w, {b})
+    products = {{"mkl": lambda: torch.mm(a, w), "onednn": lambda: lin(a, packed, None, "none", [], "")}}
 else:
-    import tensorflow as tf; a, w = tf.random.normal(({b}, {h})), tf.random.normal(({h}, {h})); mm = tf.linalg.matmul
-for _ in range(50): mm(a, w)
-t0 = time.perf_counter()
-for _ in range(2000): r = mm(a, w)
-float(r[0, 0])
-print(json.dumps({{"flops": 2000 * 2 * {b} * {h} * {h} / (time.perf_counter() - t0)}}))
+    import tensorflow as tf; a, w = tf.random.normal(({b}, {h})), tf.random.normal(({h}, {h})) / {h} ** 0.5
+
+    @tf.function(jit_compile=True)
+    def chain(x):  # 100 dependent products in one call, as in a compiled epoch
+        for _ in range(100):
+            x = tf.linalg.matmul(x, w)
+        return x
+
+    products = {{"xla": lambda: chain(a)}}
+rates = {{}}
+for name, product in products.items():
+    calls = 20 if name == "xla" else 2000
+    per_call = 100 if name == "xla" else 1
+    for _ in range(3): product()
+    t0 = time.perf_counter()
+    for _ in range(calls): r = product()
+    float(r[0, 0])
+    rates[name] = calls * per_call * 2 * {b} * {h} * {h} / (time.perf_counter() - t0)
+print(json.dumps({{"flops": max(rates.values()), "rates": rates}}))
 """
 
 
@@ -138,11 +154,12 @@ def main() -> int:
                 "ok": ratio >= TARGETS[run],
                 "achieved_gflops": round(achieved / 1e9, 1),
                 "gemm_gflops": round(gemm["flops"] / 1e9, 1),
+                "gemm_by_library": {k: round(v / 1e9, 1) for k, v in gemm["rates"].items()},
             }
         )
         print(json.dumps(rows[-1]), flush=True)
     print(
-        "\n| run | chapter tok/s | ours tok/s | ratio | target | achieved GFLOP/s | GEMM GFLOP/s |"
+        "\n| run | chapter tok/s | ours tok/s | ratio | target | achieved GFLOP/s | best GEMM GFLOP/s |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
