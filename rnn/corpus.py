@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from rnn.atomic import atomic_path
 from rnn.config import IngestConfig
 from rnn.errors import PipelineError
 from rnn.fetch import resolve_source
-from rnn.text import check_text, normalize_d2l, normalize_raw, strip_gutenberg
+from rnn.text import check_text, iter_normalize_d2l, normalize_raw, strip_gutenberg
 
 PROVENANCE_KEY = b"rnn.provenance"
 ROW_BYTES = 1 << 22  # rows of ~4 MiB keep Arrow temporaries (word splitting) small
@@ -45,14 +47,17 @@ def _verify_local_checksum(cfg: IngestConfig, path: Path, data: bytes) -> None:
             )
 
 
-def clean(data: bytes, name: str, cfg: IngestConfig) -> bytes:
-    """Validate one source's bytes and return its normalised UTF-8 text."""
+def clean(data: bytes, name: str, cfg: IngestConfig) -> Iterator[bytes]:
+    """Validate one source's bytes and yield its normalised UTF-8 text, in consecutive pieces."""
     check_text(data, name, cfg.encoding)
     if cfg.encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "ascii"):
         data = data.decode(cfg.encoding).encode("utf-8")
     if cfg.strip_gutenberg:
         data = strip_gutenberg(data)
-    return normalize_d2l(data) if cfg.normalization == "d2l" else normalize_raw(data)
+    if cfg.normalization == "d2l":
+        yield from iter_normalize_d2l(data)
+    else:
+        yield normalize_raw(data)
 
 
 def _row_bounds(text: bytes, sep: bytes) -> list[int]:
@@ -79,13 +84,20 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
     """Read the source, clean it and write ``out`` (Parquet); nothing is written on error."""
     files = resolve_source(cfg)
     pieces, file_records = [], []
-    for path in files:
-        data = path.read_bytes()
-        name = cfg.source if cfg.is_url else str(path)
-        if not cfg.is_url and len(files) == 1:
-            _verify_local_checksum(cfg, path, data)
-        pieces.append(clean(data, name, cfg))
-        file_records.append({"path": name, "bytes": len(data), "sha256": _digest(data, "sha256")})
+    text_sha256 = hashlib.sha256()
+    # hashlib and most NumPy work release the GIL: the source is hashed on one thread while it is
+    # cleaned on others, and each cleaned piece is hashed here while later ones are cleaned.
+    with ThreadPoolExecutor(1) as hasher:
+        for path in files:
+            data = path.read_bytes()
+            name = cfg.source if cfg.is_url else str(path)
+            if not cfg.is_url and len(files) == 1:
+                _verify_local_checksum(cfg, path, data)
+            digest = hasher.submit(_digest, data, "sha256")
+            for piece in clean(data, name, cfg):
+                text_sha256.update(piece)
+                pieces.append(piece)
+            file_records.append({"path": name, "bytes": len(data), "sha256": digest.result()})
     text = b"".join(pieces)
     if not text.strip():
         raise PipelineError(
@@ -99,7 +111,7 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
         "sha256_in": _digest("".join(r["sha256"] for r in file_records).encode(), "sha256")
         if len(file_records) > 1
         else file_records[0]["sha256"],
-        "sha256": _digest(text, "sha256"),
+        "sha256": text_sha256.hexdigest(),
         "normalization": cfg.normalization,
         "strip_gutenberg": cfg.strip_gutenberg,
         "num_chars": len(text.decode("utf-8")) if not text.isascii() else len(text),

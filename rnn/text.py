@@ -7,6 +7,9 @@ results are byte-for-byte what the chapter's per-line regular expression produce
 from __future__ import annotations
 
 import re
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -25,7 +28,7 @@ _HTML_START = re.compile(rb"^\s*(?:<!doctype html|<html|<\?xml|<head|<body)", re
 _BINARY_BYTES = np.zeros(256, dtype=bool)
 _BINARY_BYTES[[*range(0, 9), 14, *range(16, 27), *range(28, 32)]] = True
 _MARKER_WINDOW = 1 << 17
-_CHUNK = 1 << 23  # 8 MiB keeps the NumPy temporaries small
+_CHUNK = 1 << 20  # 1 MiB: each chunk's NumPy temporaries (~7x its size) stay small
 
 
 def check_text(data: bytes, name: str, encoding: str = "utf-8") -> str | None:
@@ -101,16 +104,30 @@ def normalize_d2l(data: bytes) -> bytes:
     line end vanish, and lines are joined with no separator. Non-ASCII characters are non-letters
     in that pattern, and every byte of their UTF-8 encoding is >= 0x80, so working on bytes is exact.
     """
-    data = data.removeprefix(BOM)
-    out = []
+    return b"".join(iter_normalize_d2l(data))
+
+
+def iter_normalize_d2l(data: bytes, workers: int = 2) -> Iterator[bytes]:
+    """``normalize_d2l`` as consecutive pieces, chunks of whole lines cleaned on ``workers``
+    threads (NumPy releases the GIL for most of the work), yielded in order."""
+    in_flight: deque[Future[bytes]] = deque()  # bounded, so chunk copies never pile up
+    with ThreadPoolExecutor(workers) as pool:
+        for chunk in _line_chunks(data.removeprefix(BOM)):
+            in_flight.append(pool.submit(_normalize_d2l_lines, chunk))
+            if len(in_flight) > workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+def _line_chunks(data: bytes) -> Iterator[bytes]:
+    """Chunks of about _CHUNK bytes, each cut after a line end: lines are independent."""
     start = 0
     while start < len(data):
-        # Cut after a line end so each chunk is a whole number of lines: lines are independent.
         stop = data.rfind(b"\n", start, start + _CHUNK) + 1 if start + _CHUNK < len(data) else 0
         stop = stop if stop > start else min(start + _CHUNK, len(data))
-        out.append(_normalize_d2l_lines(data[start:stop]))
+        yield data[start:stop]
         start = stop
-    return b"".join(out)
 
 
 def _normalize_d2l_lines(chunk: bytes) -> bytes:

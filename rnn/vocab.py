@@ -8,6 +8,7 @@ ties broken by first occurrence (what ``sorted(Counter(...).items(), ...)`` does
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from rnn.errors import PipelineError
 UNK = "<unk>"
 VOCAB_FILE, IDS_FILE = "vocab.json", "ids.npy"
 _ASCII_SPAN, _UNICODE_SPAN = 128, 0x110000
-_BLOCK = 1 << 22
+_BLOCK = 1 << 20
 _NEVER = np.iinfo(np.int64).max
 
 
@@ -103,12 +104,10 @@ def _count_chars(rows: list[np.ndarray]) -> _Counted:
         for start in range(0, c.size, _BLOCK):
             # Blocks keep bincount's int64 copy of its input small (and cache-resident).
             block = c[start : start + _BLOCK]
-            block_counts = np.bincount(block, minlength=span)
+            block_counts = _histogram(block, span)
             unseen = np.flatnonzero((block_counts > 0) & (first == _NEVER))
             if unseen.size:
-                vals, idx = np.unique(block, return_index=True)
-                new = np.isin(vals, unseen)
-                first[vals[new]] = offset + start + idx[new]
+                first[unseen] = offset + start + _first_indices(block, unseen)
             counts += block_counts
         offset += c.size
     present = np.flatnonzero(counts)
@@ -116,6 +115,28 @@ def _count_chars(rows: list[np.ndarray]) -> _Counted:
     for cp in present:
         strings[cp] = chr(cp)
     return _Counted(list(codes), strings, counts, first)
+
+
+def _first_indices(block: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value's first occurrence in ``block`` (every value occurs)."""
+    if block.dtype == np.uint8:  # memchr per value beats sorting the block
+        raw = block.tobytes()
+        return np.array([raw.find(bytes([int(v)])) for v in values], dtype=np.int64)
+    vals, idx = np.unique(block, return_index=True)
+    return idx[np.searchsorted(vals, values)]
+
+
+def _histogram(block: np.ndarray, span: int) -> np.ndarray:
+    """``np.bincount(block, minlength=span)``; bytes are counted two at a time (as uint16), which
+    halves bincount's work, and the 256 x 256 pair table is folded back to single bytes."""
+    if block.dtype != np.uint8 or block.size < 2:
+        return np.bincount(block, minlength=span)
+    even = block.size & ~1
+    pairs = np.bincount(block[:even].view(np.uint16), minlength=1 << 16).reshape(256, 256)
+    counts = pairs.sum(0) + pairs.sum(1)  # each byte is one half of one pair
+    if even < block.size:
+        counts[block[-1]] += 1
+    return counts[:span]
 
 
 def _count_words(rows: list[np.ndarray], normalization: str) -> _Counted:
@@ -229,10 +250,16 @@ def _save_encoded(path: Path, chunks: list[np.ndarray], lut: np.ndarray, total: 
         "fortran_order": False,
         "shape": (total,),
     }
-    with open(path, "wb") as f:
+    with open(path, "wb") as f, ThreadPoolExecutor(1) as writer:
         np.lib.format.write_array_header_1_0(f, header)
+        pending = None
         for c in chunks:
-            lut[c].tofile(f)
+            encoded = lut[c]
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(encoded.tofile, f)  # writes while the next row is encoded
+        if pending is not None:
+            pending.result()
 
 
 def load_ids(path: str | Path) -> np.ndarray:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from rnn.config import IngestConfig, VocabConfig
 from rnn.corpus import ingest
 from rnn.errors import PipelineError
-from rnn.vocab import Vocab, build_vocab, load_ids
+from rnn.vocab import Vocab, _first_indices, _histogram, build_vocab, load_ids
 
 from .book import book_char_vocab, read_time_machine
 from .conftest import TIME_MACHINE
@@ -101,3 +101,21 @@ def test_vocabulary_emptied_by_min_freq_is_an_error(corpus, tmp_path):
 def test_missing_corpus(tmp_path):
     with pytest.raises(PipelineError, match="run `rnn ingest` first"):
         build_vocab(tmp_path / "nope.parquet", VocabConfig(), tmp_path / "v")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 3))
+def test_byte_histogram_equals_bincount(data, skip):
+    """Counting bytes two at a time (odd lengths and unaligned starts included) is bincount."""
+    block = np.frombuffer(data, dtype=np.uint8)[skip:]
+    assert np.array_equal(_histogram(block, 256), np.bincount(block, minlength=256))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=200))
+def test_first_indices_of_bytes_and_code_points(values):
+    for dtype in (np.uint8, np.uint32):
+        block = np.array(values, dtype=np.uint32).astype(dtype)  # uint8 wraps values > 255
+        present = np.unique(block)
+        expected = [int(np.flatnonzero(block == v)[0]) for v in present]
+        assert _first_indices(block, present).tolist() == expected
