@@ -1,8 +1,11 @@
 """The chapter's RNN from scratch in TensorFlow: explicit W_xh, W_hh, b_h, W_hq, b_q.
 
-As in ``rnn/torch/scratch.py``: the one-hot product is a row gather, the output layer runs once
-over all steps, and logits are time-major (row ``t * batch + b``). The time loop is a Python loop
-over a static number of steps, unrolled into the graph by ``tf.function``.
+The one-hot product is a row gather, the output layer runs once over all steps, and logits are
+time-major (row ``t * batch + b``). The time loop is a Python loop over a static number of steps,
+unrolled into the graph by ``tf.function``. As in ``rnn/torch/scratch.py`` the recurrence has a
+hand-written backward pass (``tanh_recurrence``): autodiff of the unrolled loop would form W_hh's
+gradient as 35 thin products (batch 32 deep), where one product over all steps is ~1.6x faster.
+Tests check it against finite differences and against PyTorch.
 """
 
 from __future__ import annotations
