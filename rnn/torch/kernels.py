@@ -22,11 +22,25 @@ TanhLinear = Callable[[Tensor], Tensor]
 
 
 def _onednn_ops():
-    ops = getattr(torch.ops, "mkldnn", None)
-    try:
-        return ops._linear_pointwise, ops._reorder_linear_weight  # type: ignore[union-attr]
-    except (AttributeError, RuntimeError):
+    """oneDNN's linear and weight packing (private ops Inductor uses), if they are present and
+    compute what they did when this was written; otherwise None and plain products are used."""
+    if not torch.backends.mkldnn.is_available():
         return None
+    try:
+        ops = torch.ops.mkldnn
+        linear, reorder = ops._linear_pointwise, ops._reorder_linear_weight
+        x, w, b = (
+            torch.arange(n, dtype=torch.float32).reshape(shape) / 7
+            for n, shape in ((6, (2, 3)), (12, (4, 3)), (4, (4,)))
+        )
+        fused = linear(x, reorder(w, 2), b, "tanh", [], "")
+        added = linear.binary(x, b.expand(2, 4).contiguous(), w, None, "add")
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    expected = torch.addmm(b, x, w.t())
+    if torch.allclose(fused, torch.tanh(expected), atol=1e-5) and torch.allclose(added, expected):
+        return linear, reorder
+    return None
 
 
 _ONEDNN = _onednn_ops()

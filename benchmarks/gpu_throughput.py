@@ -1,0 +1,75 @@
+"""Training tokens/s of the PyTorch variants on a GPU, against the book's V100 figures.
+
+The book printed 67-72k tokens/s for PyTorch scratch and 268-404k for PyTorch concise on a V100
+(full canonical text, batch 32 x 35 steps, sequential partitioning, scratch 512 / concise 256
+hidden units). This runs our engine at those settings: one warm-up epoch, then ``--epochs`` timed
+epochs (the engine syncs with the device once per epoch, when it reads the loss).
+
+    python benchmarks/gpu_throughput.py                  # device auto: CUDA, else MPS, else CPU
+    python benchmarks/gpu_throughput.py --device cpu --epochs 1   # a dry run on any machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import prepare_data
+from rnn.config import PartitionConfig
+from rnn.engine import make_engine
+from rnn.partition import epoch_minibatches, load_split
+
+BOOK_V100 = {"scratch": "67-72k", "concise": "268-404k"}
+HIDDENS = {"scratch": 512, "concise": 256}
+
+
+def measure(variant: str, device: str, epochs: int, ids: np.ndarray) -> dict:
+    engine = make_engine(
+        "torch", variant, 28, HIDDENS[variant], lr=1.0, theta=1.0, device=device, seed=0
+    )
+    engine.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")
+    t0, tokens = time.perf_counter(), 0
+    for epoch in range(epochs):
+        loss, count = engine.train_epoch(
+            *epoch_minibatches(ids, 32, 35, "sequential", 0, epoch), "sequential"
+        )
+        tokens += count
+    seconds = time.perf_counter() - t0
+    return {
+        "variant": variant,
+        "device": str(engine.device),
+        "tokens_per_s": round(tokens / seconds),
+        "perplexity": round(float(np.exp(loss / count)), 3),
+        "book_v100_tokens_per_s": BOOK_V100[variant],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--epochs", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        _, part = prepare_data(Path(work), PartitionConfig())
+        ids = np.asarray(load_split(part, "train"))
+        rows = [measure(v, args.device, args.epochs, ids) for v in ("scratch", "concise")]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print("\n| variant | device | ours tok/s | book (V100) tok/s |\n| --- | --- | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['variant']} | {r['device']} | {r['tokens_per_s']:,} | "
+            f"{r['book_v100_tokens_per_s']} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
