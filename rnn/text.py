@@ -121,11 +121,19 @@ def iter_normalize_d2l(data: bytes, workers: int = 2) -> Iterator[bytes]:
 
 
 def _line_chunks(data: bytes) -> Iterator[bytes]:
-    """Chunks of about _CHUNK bytes, each cut after a line end: lines are independent."""
+    """Chunks of about _CHUNK bytes, each cut after a line end (LF or CR): lines are independent.
+    A line longer than a chunk stays whole: cutting it would end a line where the text has none."""
     start = 0
     while start < len(data):
-        stop = data.rfind(b"\n", start, start + _CHUNK) + 1 if start + _CHUNK < len(data) else 0
-        stop = stop if stop > start else min(start + _CHUNK, len(data))
+        end = start + _CHUNK
+        if end >= len(data):
+            stop = len(data)
+        else:
+            cut = max(data.rfind(b"\n", start, end), data.rfind(b"\r", start, end))
+            if cut < 0:
+                later = [i for i in (data.find(b"\n", end), data.find(b"\r", end)) if i >= 0]
+                cut = min(later) if later else len(data) - 1
+            stop = cut + 1
         yield data[start:stop]
         start = stop
 

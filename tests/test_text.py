@@ -32,9 +32,13 @@ def test_d2l_on_the_canonical_file_gives_170580_characters():
 def test_d2l_handles_chunk_boundaries(monkeypatch):
     import rnn.text
 
-    monkeypatch.setattr(rnn.text, "_CHUNK", 1000)  # force many chunks, some cut mid-line
+    monkeypatch.setattr(rnn.text, "_CHUNK", 1000)  # force many chunks
     text = TIME_MACHINE.read_text()[:50_000]
     assert normalize_d2l(text.encode()).decode() == book_clean(text)
+    # a line longer than a chunk, with gaps near the chunk size; and old Mac (CR-only) line ends
+    long_line = "".join(f"word{i}, " for i in range(800)) + "end\n"
+    for text in (long_line + "next line\n", long_line.replace("\n", "\r") * 3, "ab\r" * 900):
+        assert normalize_d2l(text.encode()).decode() == book_clean(text), text[:40]
 
 
 def test_gutenberg_header_footer_and_bom_are_stripped():
