@@ -25,14 +25,15 @@ from benchmarks.common import prepare_data
 from rnn.config import PartitionConfig
 from rnn.engine import make_engine
 from rnn.partition import epoch_minibatches, load_split
+from rnn.vocab import Vocab
 
 BOOK_V100 = {"scratch": "67-72k", "concise": "268-404k"}
 HIDDENS = {"scratch": 512, "concise": 256}
 
 
-def measure(variant: str, device: str, epochs: int, ids: np.ndarray) -> dict:
+def measure(variant: str, device: str, epochs: int, ids: np.ndarray, vocab_size: int) -> dict:
     engine = make_engine(
-        "torch", variant, 28, HIDDENS[variant], lr=1.0, theta=1.0, device=device, seed=0
+        "torch", variant, vocab_size, HIDDENS[variant], lr=1.0, theta=1.0, device=device, seed=0
     )
     engine.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")
     t0, tokens = time.perf_counter(), 0
@@ -54,12 +55,13 @@ def measure(variant: str, device: str, epochs: int, ids: np.ndarray) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=lambda v: max(1, int(v)), default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        _, part = prepare_data(Path(work), PartitionConfig())
+        vocab_dir, part = prepare_data(Path(work), PartitionConfig())
         ids = np.asarray(load_split(part, "train"))
-        rows = [measure(v, args.device, args.epochs, ids) for v in ("scratch", "concise")]
+        size = len(Vocab.load(vocab_dir))
+        rows = [measure(v, args.device, args.epochs, ids, size) for v in ("scratch", "concise")]
     for row in rows:
         print(json.dumps(row), flush=True)
     print("\n| variant | device | ours tok/s | book (V100) tok/s |\n| --- | --- | ---: | ---: |")

@@ -27,3 +27,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def time_machine_text() -> str:
     return TIME_MACHINE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(params=["gather", "one_hot"])
+def scratch_inputs(request, monkeypatch) -> str:
+    """Run a test on both input paths of the PyTorch scratch recurrence (see rnn/torch/scratch.py:
+    the vocabulary size picks one; the tests' 28 tokens x 16 units would otherwise pick gather)."""
+    import rnn.torch.scratch
+
+    share = 0.0 if request.param == "gather" else float("inf")
+    monkeypatch.setattr(rnn.torch.scratch, "ONE_HOT_MAX_SHARE", share)
+    return request.param

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from rnn.partition import epoch_minibatches
+from rnn.tf.scratch import tanh_recurrence
 
 from .models_util import B, H, T, V, engine, random_weights, tokens
 
@@ -18,7 +19,7 @@ def corpus(n=600, seed=0):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_torch_and_tf_agree_on_logits_for_the_same_weights(variant):
+def test_torch_and_tf_agree_on_logits_for_the_same_weights(variant, scratch_inputs):
     weights = random_weights(1)
     X, _ = tokens(2)
     outs = []
@@ -37,7 +38,7 @@ def test_torch_and_tf_agree_on_logits_for_the_same_weights(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_tf_scratch_and_concise_and_torch_agree_on_gradients(variant):
+def test_tf_scratch_and_concise_and_torch_agree_on_gradients(variant, scratch_inputs):
     weights = random_weights(3)
     X, Y = tokens(4)
     tf_e = engine("tf", variant)
@@ -95,6 +96,32 @@ def test_tf_scratch_gradient_matches_finite_differences():
             assert abs((up - down) / (2 * eps) - grad[idx]) < 2e-3
 
 
+def test_tf_hand_written_bptt_equals_autodiff_including_state_gradients():
+    """Gradients reaching h0 and arriving through the last state, against TF's own autodiff."""
+    rng = np.random.default_rng(7)
+    xw = tf.constant(rng.normal(0, 0.5, (T, B, H)), tf.float32)
+    h0 = tf.Variable(rng.normal(0, 0.5, (B, H)), dtype=tf.float32)
+    W_hh = tf.Variable(rng.normal(0, 0.3, (H, H)), dtype=tf.float32)
+    weights = tf.constant(rng.normal(0, 1, (T, B, H)), tf.float32)
+
+    def plain(xw, h0, W_hh):
+        h, hs = h0, []
+        for t in range(T):
+            h = tf.tanh(xw[t] + tf.matmul(h, W_hh))
+            hs.append(h)
+        return tf.stack(hs)
+
+    grads = []
+    for recurrence in (tanh_recurrence, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(xw)
+            hs = recurrence(xw, h0, W_hh)
+            loss = tf.reduce_sum(hs * weights) + tf.reduce_sum(tf.sin(hs[-1]))
+        grads.append(tape.gradient(loss, [xw, h0, W_hh]))
+    for ours, reference in zip(*grads, strict=True):
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-5)
+
+
 def book_epoch(backend, e, xs, ys, sampling, lr=1.0, theta=1.0):
     """The chapter's loop, eager and unoptimised, on the engine's model; returns the loss sum."""
     m, total, state = e.model, 0.0, None
@@ -136,7 +163,7 @@ def book_epoch(backend, e, xs, ys, sampling, lr=1.0, theta=1.0):
 
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 @pytest.mark.parametrize("sampling", ["sequential", "random"])
-def test_engine_epoch_equals_the_books_loop(backend, sampling):
+def test_engine_epoch_equals_the_books_loop(backend, sampling, scratch_inputs):
     """Same losses and weights as the plain loop: state carried + detached (sequential) or reset
     (random). An engine that reset the state in sequential mode, or carried it in random mode,
     would see other inputs to every minibatch after the first and fail."""
@@ -159,7 +186,7 @@ def test_engine_epoch_equals_the_books_loop(backend, sampling):
 
 
 @pytest.mark.parametrize("backend", ["torch", "tf"])
-def test_state_is_detached_between_minibatches(backend):
+def test_state_is_detached_between_minibatches(backend, scratch_inputs):
     """Truncated BPTT: the second minibatch's gradient must not flow into the first's inputs."""
     e = engine(backend, "scratch")
     e.load_canonical_weights(random_weights(8))
@@ -187,7 +214,7 @@ def test_state_is_detached_between_minibatches(backend):
 
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_generation_greedy_and_sampled(backend, variant):
+def test_generation_greedy_and_sampled(backend, variant, scratch_inputs):
     e = engine(backend, variant)
     greedy = e.generate([1, 2, 3], 10)
     assert greedy[:3] == [1, 2, 3] and len(greedy) == 13

@@ -12,7 +12,7 @@ from .models_util import B, H, T, V, engine, random_weights, tokens
 
 
 @pytest.mark.parametrize("cls", [RNNModelScratch, RNNModel])
-def test_shapes_and_time_major_logits(cls):
+def test_shapes_and_time_major_logits(cls, scratch_inputs):
     model = cls(V, H, seed=0)
     X = torch.from_numpy(tokens()[0])
     logits, state = model(X, model.begin_state(B))
@@ -41,7 +41,7 @@ def test_labels_are_time_major():
     assert not torch.equal(labels, Y.reshape(-1))  # the book's TF bug would fail here
 
 
-def test_scratch_and_concise_agree_on_logits_and_gradients():
+def test_scratch_and_concise_agree_on_logits_and_gradients(scratch_inputs):
     weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
     scratch, concise = RNNModelScratch(V, H), RNNModel(V, H)
     scratch.load_canonical_weights(weights)
@@ -66,7 +66,7 @@ def test_scratch_and_concise_agree_on_logits_and_gradients():
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_hand_written_bptt_matches_finite_differences():
+def test_hand_written_bptt_matches_finite_differences(scratch_inputs):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 3, (5, 2), generator=g)  # (steps, batch) over a 3-token vocabulary
     h0, w_hh, w_xh, b_h = (
@@ -87,7 +87,7 @@ def test_hand_written_bptt_matches_finite_differences():
 
 
 @pytest.mark.skipif(not onednn_usable(torch.zeros(1)), reason="no oneDNN in this PyTorch build")
-def test_onednn_products_equal_plain_ones(monkeypatch):
+def test_onednn_products_equal_plain_ones(monkeypatch, scratch_inputs):
     """The fused oneDNN path (CPU float32) and plain addmm give the same logits and gradients."""
     weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
     X, Y = (torch.from_numpy(a) for a in tokens())
@@ -117,7 +117,7 @@ def test_clipping_is_the_books_global_norm():
 
 
 @pytest.mark.parametrize("variant", ["scratch", "concise"])
-def test_one_step_changes_every_parameter(variant):
+def test_one_step_changes_every_parameter(variant, scratch_inputs):
     e = engine("torch", variant)
     before = {k: v.copy() for k, v in e.canonical_weights().items()}
     xs, ys = (a[None] for a in tokens())

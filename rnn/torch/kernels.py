@@ -58,9 +58,14 @@ def onednn_usable(t: Tensor) -> bool:
     )
 
 
-def right_multiplier(w: Tensor, rows: int) -> RightMultiply:
-    """``f(x, add) = x @ w (+ add)`` for ``rows``-row inputs ``x``, with ``w`` prepared once."""
-    if onednn_usable(w):
+# Packing a weight costs about as much as a few products save: not worth it for generation.
+PACK_MIN_CALLS = 4
+
+
+def right_multiplier(w: Tensor, rows: int, calls: int) -> RightMultiply:
+    """``f(x, add) = x @ w (+ add)`` for ``rows``-row inputs ``x``, to be called ``calls`` times;
+    ``w`` is packed once for oneDNN when that pays."""
+    if onednn_usable(w) and calls >= PACK_MIN_CALLS:
         linear, reorder = _ONEDNN  # type: ignore[misc]
         packed = reorder(w.t(), rows)  # oneDNN's linear computes x @ W^T
 
@@ -77,10 +82,11 @@ def right_multiplier(w: Tensor, rows: int) -> RightMultiply:
     return dense
 
 
-def tanh_linear(weight: Tensor, bias: Tensor, rows: int) -> TanhLinear:
+def tanh_linear(weight: Tensor, bias: Tensor, rows: int, calls: int) -> TanhLinear:
     """``f(x) = tanh(x @ weight.T + bias)`` (``weight`` laid out as nn.Linear's: out x in) for
-    ``rows``-row inputs ``x``; on oneDNN one fused call with the weight packed once."""
-    if onednn_usable(weight):
+    ``rows``-row inputs ``x``, ``calls`` times; on oneDNN one fused call per step with the weight
+    packed once."""
+    if onednn_usable(weight) and calls >= PACK_MIN_CALLS:
         linear, reorder = _ONEDNN  # type: ignore[misc]
         packed = reorder(weight, rows)
         return lambda x: linear(x, packed, bias, "tanh", [], "")
