@@ -7,13 +7,12 @@ results are byte-for-byte what the chapter's per-line regular expression produce
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from rnn.errors import PipelineError
+from rnn.parallel import ordered_map
 
 BOM = b"\xef\xbb\xbf"
 # Gutenberg's markers have varied ("THE"/"THIS", "EBOOK"/"E-BOOK", one or three asterisks).
@@ -110,14 +109,7 @@ def normalize_d2l(data: bytes) -> bytes:
 def iter_normalize_d2l(data: bytes, workers: int = 2) -> Iterator[bytes]:
     """``normalize_d2l`` as consecutive pieces, chunks of whole lines cleaned on ``workers``
     threads (NumPy releases the GIL for most of the work), yielded in order."""
-    in_flight: deque[Future[bytes]] = deque()  # bounded, so chunk copies never pile up
-    with ThreadPoolExecutor(workers) as pool:
-        for chunk in _line_chunks(data.removeprefix(BOM)):
-            in_flight.append(pool.submit(_normalize_d2l_lines, chunk))
-            if len(in_flight) > workers:
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
+    yield from ordered_map(_normalize_d2l_lines, _line_chunks(data.removeprefix(BOM)), workers)
 
 
 def _line_chunks(data: bytes) -> Iterator[bytes]:

@@ -20,6 +20,7 @@ from rnn.atomic import atomic_path
 from rnn.config import VocabConfig
 from rnn.corpus import read_provenance, read_text_rows
 from rnn.errors import PipelineError
+from rnn.parallel import ordered_map
 
 UNK = "<unk>"
 VOCAB_FILE, IDS_FILE = "vocab.json", "ids.npy"
@@ -140,35 +141,37 @@ def _histogram(block: np.ndarray, span: int) -> np.ndarray:
 
 
 def _count_words(rows: list[np.ndarray], normalization: str) -> _Counted:
-    """Split on whitespace with Arrow and dictionary-encode; the dictionary is in first-seen order."""
+    """Split on whitespace with Arrow and dictionary-encode; the dictionary is in first-seen order.
+    Rows are split and encoded on two threads (Arrow releases the GIL), merged here in order."""
     dictionary = pa.array([], type=pa.large_string())
     ids: list[np.ndarray] = []
     counts = np.zeros(0, dtype=np.int64)
-    for r in rows:
-        text = pa.LargeStringArray.from_buffers(
-            1, pa.py_buffer(np.array([0, r.size], dtype=np.int64)), pa.py_buffer(r)
-        )
-        words = pc.list_flatten(
-            pc.split_pattern(text, " ")
-            if normalization == "d2l"
-            else pc.utf8_split_whitespace(text)
-        )
-        words = _drop_empty(words, normalization)
-        encoded = pc.dictionary_encode(words)
-        local = encoded.dictionary.cast(pa.large_string())
+    for local, indices in ordered_map(lambda r: _encode_row(r, normalization), rows):
         # Map this row's dictionary into the global one, appending words not seen before.
         where = pc.index_in(local, value_set=dictionary).to_numpy(zero_copy_only=False)
         missing = np.isnan(where) if where.dtype.kind == "f" else np.zeros(len(where), bool)
         remap = np.where(missing, 0, where).astype(np.int32)
         remap[missing] = len(dictionary) + np.arange(missing.sum(), dtype=np.int32)
         dictionary = pa.concat_arrays([dictionary, local.filter(pa.array(missing))])
-        ids.append(remap[encoded.indices.to_numpy()])
+        ids.append(remap[indices])
         # Count row by row (no concatenated copy of all ids); the dictionary only grows.
         row_counts = np.bincount(ids[-1], minlength=len(dictionary))
         counts = np.concatenate([counts, np.zeros(len(row_counts) - len(counts), np.int64)])
         counts += row_counts
     first = np.arange(len(dictionary))  # dictionary order is first-seen order
     return _Counted(ids, dictionary.to_pylist(), counts, first)
+
+
+def _encode_row(row: np.ndarray, normalization: str) -> tuple[pa.Array, np.ndarray]:
+    """One row's words as (its dictionary in first-seen order, indices into it)."""
+    text = pa.LargeStringArray.from_buffers(
+        1, pa.py_buffer(np.array([0, row.size], dtype=np.int64)), pa.py_buffer(row)
+    )
+    words = pc.list_flatten(
+        pc.split_pattern(text, " ") if normalization == "d2l" else pc.utf8_split_whitespace(text)
+    )
+    encoded = pc.dictionary_encode(_drop_empty(words, normalization))
+    return encoded.dictionary.cast(pa.large_string()), encoded.indices.to_numpy()
 
 
 def _drop_empty(words: pa.Array, normalization: str) -> pa.Array:
