@@ -52,8 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +59,7 @@ SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
 TIME_MACHINE = SHARED / "corpora" / "timemachine.txt"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
-from tests.workspace import copy_project, free_port, stop  # noqa: E402
+from tests.workspace import copy_project, free_port, spawn_logged, stop, wait_healthy  # noqa: E402
 
 TARGET_FLOW_EXTRA_S, TARGET_DVC_NOOP_S = 5.0, 3.0
 
@@ -136,26 +134,18 @@ def start_server(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str,
     url = f"http://127.0.0.1:{port}/api"
     log = tmp / "server.log"
     t0 = time.perf_counter()
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-            cwd=tmp,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"prefect server exited:\n{log.read_text()[-3000:]}")
-        with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            if r.status == 200:
-                return server, url, time.perf_counter() - t0
-        time.sleep(0.2)
-    stop(server)
-    raise SystemExit(f"prefect server not healthy after 90 s:\n{log.read_text()[-3000:]}")
+    server = spawn_logged(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        tmp,
+        env,
+        log,
+    )
+    try:
+        wait_healthy(url, server, log, timeout=90)
+    except RuntimeError as err:
+        stop(server)
+        raise SystemExit(str(err)) from None
+    return server, url, time.perf_counter() - t0
 
 
 def run_child(mode: str, repo: Path, tmp: Path, env: dict[str, str], i: int) -> dict:

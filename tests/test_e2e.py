@@ -11,15 +11,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import suppress
 from pathlib import Path
 
 import psutil
 import pytest
 
-from .workspace import copy_project, free_port, stop
+from .workspace import copy_project, free_port, spawn_logged, stop, tail, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -60,22 +58,6 @@ def cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 120):
     return result
 
 
-def tail(path: Path, n: int = 4000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.is_file() else ""
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited with {server.returncode}:\n{tail(log)}")
-        with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.3)
-    pytest.fail(f"prefect server not healthy after {HEALTH_TIMEOUT_S} s:\n{tail(log)}")
-
-
 def stop_tree(p: subprocess.Popen) -> list[psutil.Process]:
     """Stop ``p``, then kill its process group and every descendant seen before it stopped
     (the worker starts flow runs in sessions of their own). Returns the ones still alive."""
@@ -109,32 +91,21 @@ def test_deployment_run_on_a_worker(tmp_path):
     started: list[subprocess.Popen] = []
     server_log, worker_log = logs / "server.log", logs / "worker.log"
     try:
-        with server_log.open("wb") as out:
-            server = subprocess.Popen(
-                ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=tmp_path,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        server = spawn_logged(
+            ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            tmp_path,
+            env,
+            server_log,
+        )
         started.append(server)
-        wait_healthy(url, server, server_log)
+        wait_healthy(url, server, server_log, HEALTH_TIMEOUT_S)
 
         cli("work-pool", "create", "rnn-pool", "--type", "process", cwd=repo, env=env)
         cli("--no-prompt", "deploy", "--all", cwd=repo, env=env)
 
-        with worker_log.open("wb") as out:
-            worker = subprocess.Popen(
-                ["prefect", "worker", "start", "--pool", "rnn-pool"],
-                cwd=repo,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        worker = spawn_logged(
+            ["prefect", "worker", "start", "--pool", "rnn-pool"], repo, env, worker_log
+        )
         started.insert(0, worker)  # stopped first
 
         run = subprocess.run(
