@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+import numpy as np
 
 from rnn.config import IngestConfig, PartitionConfig, VocabConfig
 from rnn.corpus import ingest
-from rnn.partition import partition
-from rnn.vocab import build_vocab
+from rnn.engine import make_engine
+from rnn.partition import epoch_minibatches, load_split, partition
+from rnn.vocab import Vocab, build_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
@@ -22,3 +26,47 @@ def prepare_data(workdir: Path, partition_cfg: PartitionConfig) -> tuple[Path, P
     build_vocab(workdir / "corpus.parquet", VocabConfig(), workdir / "vocab")
     partition(workdir / "vocab", partition_cfg, workdir / "partition")
     return workdir / "vocab", workdir / "partition"
+
+
+def canonical_training_data(workdir: Path) -> tuple[np.ndarray, int]:
+    """The full canonical text's training ids (default partition) and the vocabulary size."""
+    vocab_dir, part = prepare_data(workdir, PartitionConfig())
+    return np.asarray(load_split(part, "train")), len(Vocab.load(vocab_dir))
+
+
+def time_training(
+    backend: str,
+    variant: str,
+    hiddens: int,
+    ids: np.ndarray,
+    vocab_size: int,
+    *,
+    device: str = "cpu",
+    epochs: int = 2,
+    threads: int | None = None,
+) -> dict:
+    """Tokens/s of our engine at the book's settings (batch 32 x 35, sequential, lr 1, theta 1)
+    over ``epochs`` whole epochs, after one warm-up epoch (tracing, compilation, allocation)."""
+    engine = make_engine(
+        backend,
+        variant,
+        vocab_size,
+        hiddens,
+        lr=1.0,
+        theta=1.0,
+        device=device,
+        seed=0,
+        threads=threads,
+    )
+    engine.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")
+    t0, tokens = time.perf_counter(), 0
+    for epoch in range(epochs):
+        loss, count = engine.train_epoch(
+            *epoch_minibatches(ids, 32, 35, "sequential", 0, epoch), "sequential"
+        )
+        tokens += count
+    return {
+        "device": str(engine.device),
+        "tokens_per_s": tokens / (time.perf_counter() - t0),
+        "perplexity": float(np.exp(loss / count)),
+    }

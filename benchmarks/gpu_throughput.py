@@ -15,39 +15,26 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import prepare_data
-from rnn.config import PartitionConfig
-from rnn.engine import make_engine
-from rnn.partition import epoch_minibatches, load_split
-from rnn.vocab import Vocab
+from benchmarks.common import canonical_training_data, time_training
 
 BOOK_V100 = {"scratch": "67-72k", "concise": "268-404k"}
 HIDDENS = {"scratch": 512, "concise": 256}
 
 
 def measure(variant: str, device: str, epochs: int, ids: np.ndarray, vocab_size: int) -> dict:
-    engine = make_engine(
-        "torch", variant, vocab_size, HIDDENS[variant], lr=1.0, theta=1.0, device=device, seed=0
+    timed = time_training(
+        "torch", variant, HIDDENS[variant], ids, vocab_size, device=device, epochs=epochs
     )
-    engine.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")
-    t0, tokens = time.perf_counter(), 0
-    for epoch in range(epochs):
-        loss, count = engine.train_epoch(
-            *epoch_minibatches(ids, 32, 35, "sequential", 0, epoch), "sequential"
-        )
-        tokens += count
-    seconds = time.perf_counter() - t0
     return {
         "variant": variant,
-        "device": str(engine.device),
-        "tokens_per_s": round(tokens / seconds),
-        "perplexity": round(float(np.exp(loss / count)), 3),
+        "device": timed["device"],
+        "tokens_per_s": round(timed["tokens_per_s"]),
+        "perplexity": round(timed["perplexity"], 3),
         "book_v100_tokens_per_s": BOOK_V100[variant],
     }
 
@@ -58,9 +45,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=lambda v: max(1, int(v)), default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        vocab_dir, part = prepare_data(Path(work), PartitionConfig())
-        ids = np.asarray(load_split(part, "train"))
-        size = len(Vocab.load(vocab_dir))
+        ids, size = canonical_training_data(Path(work))
         rows = [measure(v, args.device, args.epochs, ids, size) for v in ("scratch", "concise")]
     for row in rows:
         print(json.dumps(row), flush=True)

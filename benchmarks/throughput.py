@@ -24,25 +24,13 @@ TARGETS = {"torch-scratch": 2, "torch-concise": 2, "tf-scratch": 6, "tf-concise"
 V, B, T = 28, 32, 35
 
 OURS = r"""
-import json, sys, time, numpy as np
+import json, sys, tempfile, pathlib
 sys.path.insert(0, {root!r})
-from benchmarks.common import prepare_data
-from rnn.config import PartitionConfig
-from rnn.engine import make_engine
-from rnn.partition import epoch_minibatches, load_split
-import tempfile, pathlib
-work = pathlib.Path(tempfile.mkdtemp())
-vocab_dir, part = prepare_data(work, PartitionConfig())
-ids = load_split(part, "train")
-e = make_engine({backend!r}, {variant!r}, 28, {hiddens}, lr=1.0, theta=1.0, device="cpu", seed=0,
-                threads={threads})
-e.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")  # warm-up/tracing
-t0 = time.perf_counter(); n = 0
-for epoch in range({epochs}):
-    loss, count = e.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, epoch), "sequential")
-    n += count
-dt = time.perf_counter() - t0
-print(json.dumps({{"tokens_per_s": n / dt, "perplexity": float(np.exp(loss / count))}}))
+from benchmarks.common import canonical_training_data, time_training
+with tempfile.TemporaryDirectory() as work:
+    ids, vocab_size = canonical_training_data(pathlib.Path(work))
+    print(json.dumps(time_training({backend!r}, {variant!r}, {hiddens}, ids, vocab_size,
+                                   epochs={epochs}, threads={threads})))
 """
 
 GEMM = r"""
