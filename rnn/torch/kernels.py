@@ -53,8 +53,7 @@ def onednn_usable(t: Tensor) -> bool:
         and os.environ.get("RNN_TORCH_ONEDNN", "1") != "0"
         and t.device.type == "cpu"
         and t.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
+        and torch.backends.mkldnn.enabled  # availability was checked once, in _onednn_ops
     )
 
 
