@@ -20,7 +20,8 @@ from rnn.fetch import resolve_source
 from rnn.text import check_text, iter_normalize_d2l, normalize_raw, strip_gutenberg
 
 PROVENANCE_KEY = b"rnn.provenance"
-ROW_BYTES = 1 << 22  # rows of ~4 MiB keep Arrow temporaries (word splitting) small
+ROW_BYTES = 1 << 21  # rows of ~2 MiB keep Arrow temporaries (word splitting) small
+_SCHEMA = pa.schema([("text", pa.large_string())])
 
 
 @dataclass(frozen=True)
@@ -60,34 +61,98 @@ def clean(data: bytes, name: str, cfg: IngestConfig) -> Iterator[bytes]:
         yield normalize_raw(data)
 
 
-def _row_bounds(text: bytes, sep: bytes) -> list[int]:
-    """Cut ``text`` into rows of about ROW_BYTES, each ending at ``sep`` so no token is split."""
-    bounds = [0]
-    while len(text) - bounds[-1] > ROW_BYTES:
-        cut = text.rfind(sep, bounds[-1], bounds[-1] + ROW_BYTES) + 1
-        bounds.append(cut if cut > bounds[-1] else bounds[-1] + ROW_BYTES)
-    bounds.append(len(text))
-    return bounds
+class _CorpusWriter:
+    """Streams cleaned text into the Parquet corpus as it is produced, so the whole text is never
+    held in memory: rows of about ROW_BYTES, each ending at a separator so that no token
+    straddles two rows; the provenance goes into the file's footer when it is known, at the end."""
 
+    def __init__(self, path: Path, normalization: str) -> None:
+        # d2l text has single spaces only; raw text is cut at line ends, else at spaces.
+        self._seps = (b" ",) if normalization == "d2l" else (b"\n", b" ")
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.sha256 = hashlib.sha256()
+        self.num_chars = 0
+        self.has_text = False
+        # Uncompressed and without statistics: writing is then ~10x faster than zstd, and DVC's
+        # cache deduplicates whole files anyway. One ~2 MiB row per group: bounded chunks to read.
+        self._writer = pq.ParquetWriter(
+            path, _SCHEMA, compression="none", use_dictionary=False, write_statistics=False
+        )
 
-def to_table(text: bytes, provenance: dict) -> pa.Table:
-    sep = b" " if provenance["normalization"] == "d2l" else b"\n"
-    offsets = np.asarray(_row_bounds(text, sep), dtype=np.int64)
-    column = pa.LargeStringArray.from_buffers(
-        len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(text)
-    )
-    table = pa.table({"text": column})
-    return table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
+    def __enter__(self) -> _CorpusWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
+
+    def add(self, piece: bytes) -> None:
+        """Append the next piece of text (valid UTF-8 on its own)."""
+        self.sha256.update(piece)
+        self.num_chars += len(piece) if piece.isascii() else len(piece.decode("utf-8"))
+        self.has_text = self.has_text or (bool(piece) and not piece.isspace())
+        self._parts.append(piece)
+        self._size += len(piece)
+        if self._size >= ROW_BYTES:
+            self._write_rows(final=False)
+
+    def finish(self, provenance: dict) -> None:
+        self._write_rows(final=True)
+        self._writer.add_key_value_metadata(
+            {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}
+        )
+
+    def _write_rows(self, final: bool) -> None:
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        start = 0
+        while start < len(data):
+            left = len(data) - start
+            cut = len(data) if final and left <= ROW_BYTES else None
+            if cut is None and left >= ROW_BYTES:
+                cut = self._cut(data, start)
+            if cut is None and final:
+                cut = len(data)
+            if cut is None:  # a row must end at a separator: wait for more text
+                break
+            self._write_row(memoryview(data)[start:cut])
+            start = cut
+        rest = data[start:]
+        self._parts, self._size = ([rest] if rest else []), len(rest)
+
+    def _cut(self, data: bytes, start: int) -> int | None:
+        """End of the row starting at ``start``: just after the last separator within ROW_BYTES,
+        else just after the first one beyond; text with no separator for two rows' length is cut
+        at a UTF-8 character boundary (only a "token" megabytes long is split)."""
+        end = start + ROW_BYTES
+        for sep in self._seps:
+            if (at := data.rfind(sep, start, end)) >= 0:
+                return at + 1
+        beyond = [at for sep in self._seps if (at := data.find(sep, end)) >= 0]
+        if beyond:
+            return min(beyond) + 1
+        if len(data) - start < 2 * ROW_BYTES:
+            return None
+        while data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte: back off to a char start
+            end -= 1
+        return end
+
+    def _write_row(self, row: memoryview) -> None:
+        offsets = pa.py_buffer(np.array([0, len(row)], dtype=np.int64))
+        column = pa.LargeStringArray.from_buffers(1, offsets, pa.py_buffer(row))
+        self._writer.write_table(pa.Table.from_arrays([column], schema=_SCHEMA))
 
 
 def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
     """Read the source, clean it and write ``out`` (Parquet); nothing is written on error."""
     files = resolve_source(cfg)
-    pieces, file_records = [], []
-    text_sha256 = hashlib.sha256()
+    file_records = []
     # hashlib and most NumPy work release the GIL: the source is hashed on one thread while it is
-    # cleaned on others, and each cleaned piece is hashed here while later ones are cleaned.
-    with ThreadPoolExecutor(1) as hasher:
+    # cleaned on others, and each cleaned piece is hashed and written while later ones are cleaned.
+    with (
+        atomic_path(out) as tmp,
+        _CorpusWriter(tmp, cfg.normalization) as writer,
+        ThreadPoolExecutor(1) as hasher,
+    ):
         for path in files:
             data = path.read_bytes()
             name = cfg.source if cfg.is_url else str(path)
@@ -95,38 +160,27 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
                 _verify_local_checksum(cfg, path, data)
             digest = hasher.submit(_digest, data, "sha256")
             for piece in clean(data, name, cfg):
-                text_sha256.update(piece)
-                pieces.append(piece)
+                writer.add(piece)
             file_records.append({"path": name, "bytes": len(data), "sha256": digest.result()})
-    text = b"".join(pieces)
-    if not text.strip():
-        raise PipelineError(
-            f"{cfg.source} holds no text after cleaning ({cfg.normalization} normalisation)",
-            "use a source with letters in it, or set ingest.normalization: raw",
-        )
-    provenance = {
-        "source": cfg.source,
-        "files": file_records,
-        "bytes_in": sum(r["bytes"] for r in file_records),
-        "sha256_in": _digest("".join(r["sha256"] for r in file_records).encode(), "sha256")
-        if len(file_records) > 1
-        else file_records[0]["sha256"],
-        "sha256": text_sha256.hexdigest(),
-        "normalization": cfg.normalization,
-        "strip_gutenberg": cfg.strip_gutenberg,
-        "num_chars": len(text.decode("utf-8")) if not text.isascii() else len(text),
-    }
-    with atomic_path(out) as tmp:
-        # Uncompressed and without statistics: writing is then ~10x faster than zstd, and DVC's
-        # cache deduplicates whole files anyway.
-        pq.write_table(
-            to_table(text, provenance),
-            tmp,
-            compression="none",
-            use_dictionary=False,
-            write_statistics=False,
-            row_group_size=1,  # one ~4 MiB row per group: readers get bounded chunks
-        )
+            del data
+        if not writer.has_text:
+            raise PipelineError(
+                f"{cfg.source} holds no text after cleaning ({cfg.normalization} normalisation)",
+                "use a source with letters in it, or set ingest.normalization: raw",
+            )
+        provenance = {
+            "source": cfg.source,
+            "files": file_records,
+            "bytes_in": sum(r["bytes"] for r in file_records),
+            "sha256_in": _digest("".join(r["sha256"] for r in file_records).encode(), "sha256")
+            if len(file_records) > 1
+            else file_records[0]["sha256"],
+            "sha256": writer.sha256.hexdigest(),
+            "normalization": cfg.normalization,
+            "strip_gutenberg": cfg.strip_gutenberg,
+            "num_chars": writer.num_chars,
+        }
+        writer.finish(provenance)
     return IngestSummary(
         path=str(out),
         num_chars=provenance["num_chars"],
@@ -147,7 +201,7 @@ def _require_corpus(path: str | Path) -> Path:
 def read_provenance(path: str | Path) -> dict:
     path = _require_corpus(path)
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = pq.read_metadata(path).metadata or {}
     except pa.ArrowInvalid:
         raise PipelineError(f"{path} is not a Parquet corpus", "re-run `rnn ingest`") from None
     if PROVENANCE_KEY not in metadata:
@@ -155,15 +209,21 @@ def read_provenance(path: str | Path) -> dict:
     return json.loads(metadata[PROVENANCE_KEY])
 
 
+def iter_text_rows(path: str | Path) -> Iterator[np.ndarray]:
+    """The corpus as UTF-8 byte arrays, one per stored row group, each read when it is asked for.
+
+    Not memory-mapped: decoding copies the bytes anyway, so a mapping would hold them twice.
+    """
+    corpus = pq.ParquetFile(_require_corpus(path), memory_map=False)
+    for group in range(corpus.num_row_groups):
+        for chunk in corpus.read_row_group(group, columns=["text"]).column("text").chunks:
+            if len(chunk) == 0:
+                continue
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
+            data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
+            yield data[offsets[chunk.offset] : offsets[chunk.offset + len(chunk)]]
+
+
 def read_text_rows(path: str | Path) -> list[np.ndarray]:
-    """The corpus as UTF-8 byte arrays, one per stored row group chunk, without copying rows."""
-    path = _require_corpus(path)
-    column = pq.read_table(path, columns=["text"], memory_map=True).column("text")
-    rows = []
-    for chunk in column.chunks:
-        if len(chunk) == 0:
-            continue
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
-        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
-        rows.append(data[offsets[chunk.offset] : offsets[chunk.offset + len(chunk)]])
-    return rows
+    """All of ``iter_text_rows``, for passes that need the text more than once."""
+    return list(iter_text_rows(path))

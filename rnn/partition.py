@@ -151,10 +151,30 @@ def partition(ids_path: str | Path, cfg: PartitionConfig, out_dir: str | Path) -
         atomic_path(out_dir / SUMMARY_FILE) as meta,
     ):
         for tmp, lo, hi in zip((train, valid, test), bounds[:-1], bounds[1:], strict=True):
-            with open(tmp, "wb") as f:
-                np.save(f, np.asarray(ids[lo:hi]))
+            _save_slice(ids, int(lo), int(hi), tmp)
         meta.write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
     return summary
+
+
+_COPY_BLOCK = 1 << 22
+
+
+def _save_slice(ids: np.memmap, lo: int, hi: int, path: Path) -> None:
+    """``np.save(path, ids[lo:hi])`` by copying the bytes through file reads: touching the
+    memory map instead would count the whole corpus against the process's memory."""
+    header = {"descr": np.lib.format.dtype_to_descr(ids.dtype), "fortran_order": False}
+    start, remaining = ids.offset + lo * ids.itemsize, (hi - lo) * ids.itemsize
+    with open(ids.filename, "rb") as src, open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {**header, "shape": (hi - lo,)})
+        src.seek(start)
+        while remaining:
+            block = src.read(min(_COPY_BLOCK, remaining))
+            if not block:
+                raise PipelineError(
+                    f"{ids.filename} is shorter than its header says", "rerun `rnn vocab`"
+                )
+            out.write(block)
+            remaining -= len(block)
 
 
 def load_split(out_dir: str | Path, name: str) -> np.ndarray:

@@ -22,12 +22,18 @@ _GUTENBERG_START = re.compile(
 _GUTENBERG_END = re.compile(
     rb"^\*{1,3} ?END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M
 )
-_HTML_START = re.compile(rb"^\s*(?:<!doctype html|<html|<\?xml|<head|<body)", re.I)
+# A page starts with a doctype, a comment, an XML declaration or one of the tags error pages open
+# with; plain text practically never starts with any of these.
+_HTML_START = re.compile(
+    rb"^\s*(?:<!doctype\s+html|<!--|<\?xml|<(?:html|head|body|title|meta|h[1-6]|p|div|center|pre"
+    rb"|table|script|style|link|a|br|hr)\b[^>]*>)",
+    re.I,
+)
 # Control bytes that never occur in text files (tab, LF, VT, FF, CR and ESC excluded).
 _BINARY_BYTES = np.zeros(256, dtype=bool)
 _BINARY_BYTES[[*range(0, 9), 14, *range(16, 27), *range(28, 32)]] = True
 _MARKER_WINDOW = 1 << 17
-_CHUNK = 1 << 20  # 1 MiB: each chunk's NumPy temporaries (~7x its size) stay small
+_CHUNK = 1 << 19  # 512 KiB: each chunk's NumPy temporaries (~7x its size) stay small
 
 
 def check_text(data: bytes, name: str, encoding: str = "utf-8") -> str | None:

@@ -8,6 +8,7 @@ ties broken by first occurrence (what ``sorted(Counter(...).items(), ...)`` does
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 
 from rnn.atomic import atomic_path
 from rnn.config import VocabConfig
-from rnn.corpus import read_provenance, read_text_rows
+from rnn.corpus import iter_text_rows, read_provenance, read_text_rows
 from rnn.errors import PipelineError
 from rnn.parallel import ordered_map
 
@@ -27,6 +28,8 @@ VOCAB_FILE, IDS_FILE = "vocab.json", "ids.npy"
 _ASCII_SPAN, _UNICODE_SPAN = 128, 0x110000
 _BLOCK = 1 << 20
 _NEVER = np.iinfo(np.int64).max
+# Arrow's default allocator (mimalloc) keeps each thread's freed pages; word splitting frees many.
+_ARROW_POOL = pa.system_memory_pool()
 
 
 @dataclass(frozen=True)
@@ -140,19 +143,22 @@ def _histogram(block: np.ndarray, span: int) -> np.ndarray:
     return counts[:span]
 
 
-def _count_words(rows: list[np.ndarray], normalization: str) -> _Counted:
+def _count_words(rows: Iterable[np.ndarray], normalization: str) -> _Counted:
     """Split on whitespace with Arrow and dictionary-encode; the dictionary is in first-seen order.
-    Rows are split and encoded on two threads (Arrow releases the GIL), merged here in order."""
+    Rows are read, split and encoded on two threads (Arrow releases the GIL) and merged here in
+    order; each row's text is dropped once encoded, and its ids kept in the smallest dtype."""
     dictionary = pa.array([], type=pa.large_string())
     ids: list[np.ndarray] = []
     counts = np.zeros(0, dtype=np.int64)
     for local, indices in ordered_map(lambda r: _encode_row(r, normalization), rows):
         # Map this row's dictionary into the global one, appending words not seen before.
-        where = pc.index_in(local, value_set=dictionary).to_numpy(zero_copy_only=False)
+        where = pc.index_in(local, value_set=dictionary, memory_pool=_ARROW_POOL)
+        where = where.to_numpy(zero_copy_only=False)
         missing = np.isnan(where) if where.dtype.kind == "f" else np.zeros(len(where), bool)
-        remap = np.where(missing, 0, where).astype(np.int32)
-        remap[missing] = len(dictionary) + np.arange(missing.sum(), dtype=np.int32)
-        dictionary = pa.concat_arrays([dictionary, local.filter(pa.array(missing))])
+        new_words = pc.filter(local, pa.array(missing), memory_pool=_ARROW_POOL)
+        dictionary = pa.concat_arrays([dictionary, new_words], memory_pool=_ARROW_POOL)
+        remap = np.where(missing, 0, where).astype(smallest_uint(len(dictionary)))
+        remap[missing] = np.arange(len(dictionary) - len(new_words), len(dictionary))
         ids.append(remap[indices])
         # Count row by row (no concatenated copy of all ids); the dictionary only grows.
         row_counts = np.bincount(ids[-1], minlength=len(dictionary))
@@ -167,11 +173,14 @@ def _encode_row(row: np.ndarray, normalization: str) -> tuple[pa.Array, np.ndarr
     text = pa.LargeStringArray.from_buffers(
         1, pa.py_buffer(np.array([0, row.size], dtype=np.int64)), pa.py_buffer(row)
     )
-    words = pc.list_flatten(
-        pc.split_pattern(text, " ") if normalization == "d2l" else pc.utf8_split_whitespace(text)
-    )
-    encoded = pc.dictionary_encode(_drop_empty(words, normalization))
-    return encoded.dictionary.cast(pa.large_string()), encoded.indices.to_numpy()
+    pool = _ARROW_POOL
+    if normalization == "d2l":
+        lists = pc.split_pattern(text, " ", memory_pool=pool)
+    else:
+        lists = pc.utf8_split_whitespace(text, memory_pool=pool)
+    words = _drop_empty(pc.list_flatten(lists, memory_pool=pool), normalization)
+    encoded = pc.dictionary_encode(words, memory_pool=pool)
+    return encoded.dictionary.cast(pa.large_string(), memory_pool=pool), encoded.indices.to_numpy()
 
 
 def _drop_empty(words: pa.Array, normalization: str) -> pa.Array:
@@ -180,7 +189,8 @@ def _drop_empty(words: pa.Array, normalization: str) -> pa.Array:
     if normalization == "d2l":
         n = len(words)
         return words.slice(0, n - 1) if n and words[n - 1].as_py() == "" else words
-    return pc.filter(words, pc.not_equal(pc.binary_length(words), 0))
+    non_empty = pc.not_equal(pc.binary_length(words), 0, memory_pool=_ARROW_POOL)
+    return pc.filter(words, non_empty, memory_pool=_ARROW_POOL)
 
 
 def order_tokens(counted: _Counted, cfg: VocabConfig) -> tuple[list[str], np.ndarray]:
@@ -221,11 +231,10 @@ def build_vocab(corpus: str | Path, cfg: VocabConfig, out_dir: str | Path) -> Vo
     """Write ``vocab.json`` and ``ids.npy`` (smallest unsigned dtype, memory-mappable) to out_dir."""
     out_dir = Path(out_dir)
     provenance = read_provenance(corpus)
-    rows = read_text_rows(corpus)
-    if cfg.token == "char":
-        counted = _count_chars(rows)
-    else:
-        counted = _count_words(rows, provenance["normalization"])
+    if cfg.token == "char":  # read whole: counted, then encoded
+        counted = _count_chars(read_text_rows(corpus))
+    else:  # streamed: each row is encoded to ids once
+        counted = _count_words(iter_text_rows(corpus), provenance["normalization"])
     tokens, lut = order_tokens(counted, cfg)
     lut = lut.astype(smallest_uint(len(tokens)))
     num_tokens = int(sum(c.size for c in counted.ids))

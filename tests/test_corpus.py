@@ -2,6 +2,8 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnn.config import IngestConfig
 from rnn.corpus import ingest, read_provenance, read_text_rows
@@ -74,6 +76,8 @@ BAD_INPUTS = {
     "empty": (b"", "is empty"),
     "blank": (b"  \n\n \n", "is empty"),
     "html": (b"<!DOCTYPE html><html><body>Error 403</body></html>", "HTML page"),
+    "html_title": (b"<title>404 Not Found</title>\n<h1>Not Found</h1>\n", "HTML page"),
+    "html_comment": (b"<!-- mirror -->\n<html><body>gone</body></html>\n", "HTML page"),
     "binary": (bytes(range(256)) * 8, "binary"),
     "latin1": ("caf\u00e9 cr\u00e8me".encode("latin-1"), "not valid utf-8"),
     "no_letters": (b"1234 5678 !!!\n", "no text after cleaning"),
@@ -95,6 +99,13 @@ def test_bad_input_is_one_clear_error_and_keeps_the_earlier_output(tmp_path, kin
     assert sorted(os.listdir(tmp_path)) == sorted(["corpus.parquet", bad.name])  # no temp left
 
 
+def test_text_that_merely_mentions_tags_is_not_taken_for_html(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_bytes(b"<Chapter I> The <html> tag, <3 and a < b\n")
+    ingest(local(src), tmp_path / "c.parquet")
+    assert corpus_text(tmp_path / "c.parquet") == "chapter i the html tag and a b"
+
+
 def test_missing_file_and_local_checksum_mismatch(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         ingest(local(tmp_path / "nope.txt"), tmp_path / "c.parquet")
@@ -109,3 +120,70 @@ def test_latin1_source_with_declared_encoding(tmp_path):
     out = tmp_path / "c.parquet"
     ingest(local(src, encoding="latin-1", normalization="raw"), out)
     assert corpus_text(out) == "Caf\u00e9 au lait\n"
+
+
+PIECES = st.lists(st.text(alphabet="ab \n\u00e9\u4e2d", max_size=40), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces=PIECES, normalization=st.sampled_from(["d2l", "raw"]), row_bytes=st.integers(4, 24))
+def test_streamed_rows_rebuild_the_text_and_end_at_separators(pieces, normalization, row_bytes):
+    """Rows are written while text streams in: whatever the piece sizes, they rebuild the text
+    exactly, each is valid UTF-8 on its own, and each but the last ends at a separator unless no
+    separator was there to cut at; the hash and character count cover the whole text."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    import rnn.corpus
+
+    encoded = [p.encode() for p in pieces]
+    text = b"".join(encoded)
+    seps = (b" ",) if normalization == "d2l" else (b"\n", b" ")
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rnn.corpus, "ROW_BYTES", row_bytes)
+        path = Path(tmp) / "c.parquet"
+        with rnn.corpus._CorpusWriter(path, normalization) as writer:
+            for piece in encoded:
+                writer.add(piece)
+            writer.finish({"normalization": normalization})
+        rows = [r.tobytes() for r in read_text_rows(path)]
+        assert read_provenance(path) == {"normalization": normalization}
+    assert b"".join(rows) == text
+    assert writer.sha256.hexdigest() == hashlib.sha256(text).hexdigest()
+    assert writer.num_chars == len(text.decode())
+    assert writer.has_text == (text.strip() != b"")
+    for row in rows:
+        row.decode()  # whole characters only
+    for row in rows[:-1]:
+        assert row.endswith(seps) or not any(s in row for s in seps)
+
+
+def test_corpus_rows_are_written_while_the_source_is_still_being_cleaned(tmp_path, monkeypatch):
+    """Streaming, not a join at the end: the first row reaches the file long before the last
+    cleaned piece does, so the cleaned text is never held whole in memory."""
+    import rnn.corpus
+    import rnn.text
+
+    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 4096)
+    monkeypatch.setattr(rnn.text, "_CHUNK", 4096)
+    pieces_at_write: list[int] = []
+    pieces = 0
+    real_add, real_write = rnn.corpus._CorpusWriter.add, rnn.corpus._CorpusWriter._write_row
+
+    def add(self, piece):
+        nonlocal pieces
+        pieces += 1
+        real_add(self, piece)
+
+    def write_row(self, row):
+        pieces_at_write.append(pieces)
+        real_write(self, row)
+
+    monkeypatch.setattr(rnn.corpus._CorpusWriter, "add", add)
+    monkeypatch.setattr(rnn.corpus._CorpusWriter, "_write_row", write_row)
+    out = tmp_path / "c.parquet"
+    ingest(local(TIME_MACHINE), out)
+    assert pieces > 30 and pieces_at_write[0] < 3
+    assert len(pieces_at_write) == pq.ParquetFile(out).metadata.num_row_groups > 30
+    assert len(corpus_text(out)) == 170_580
