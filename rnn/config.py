@@ -153,7 +153,7 @@ def validate_params(raw: dict[str, Any], where: str = "params") -> Params:
     except ValidationError as err:
         raise PipelineError(
             describe_validation_error(err, where),
-            f"correct those keys in {where} (see the README's parameter reference)",
+            f"correct those keys in {where} (`rnn params` prints every key with its default)",
         ) from None
 
 

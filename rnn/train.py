@@ -168,7 +168,12 @@ def train_model(
         "variant": variant,
         "model_args": {"vocab_size": len(vocab), "num_hiddens": num_hiddens},
         "num_params": engine.num_params(),
-        "params": trained_with,
+        # every parameter that shaped the model: the data's (hashed above too) and training's
+        "params": {
+            "ingest": params.ingest.model_dump(),
+            "vocab": params.vocab.model_dump(),
+            **trained_with,
+        },
         **data_hashes,
         "token_type": vocab.token_type,
         "versions": versions,

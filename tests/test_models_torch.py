@@ -26,10 +26,27 @@ def test_shapes_and_time_major_logits(cls, scratch_inputs):
         assert torch.allclose(step_logits, logits[t * B : (t + 1) * B], atol=1e-6)
 
 
-def test_gather_equals_one_hot_product():
-    W = torch.randn(V, H)
-    X = torch.from_numpy(tokens()[0])
-    assert torch.allclose(F.embedding(X.T, W), F.one_hot(X.T, V).float() @ W, atol=1e-6)
+def test_gather_path_equals_one_hot_path(monkeypatch):
+    """The scratch recurrence's two input paths (a row gather of W_xh + b_h, and one-hot columns
+    inside the step's product) give the same hidden states and the same gradients."""
+    import rnn.torch.scratch
+
+    weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
+    X, Y = (torch.from_numpy(a) for a in tokens())
+    results = []
+    for share in (0.0, float("inf")):  # 0: always gather; inf: always one-hot
+        monkeypatch.setattr(rnn.torch.scratch, "ONE_HOT_MAX_SHARE", share)
+        model = RNNModelScratch(V, H)
+        model.load_canonical_weights(weights)
+        h0 = (0.1 * torch.ones(B, H)).requires_grad_()
+        logits, _ = model(X, (h0,))
+        F.cross_entropy(logits, time_major_labels(Y)).backward()
+        grads = [p.grad for p in (model.W_xh, model.W_hh, model.b_h, h0)]
+        results.append((logits.detach(), grads))
+    (gather, gather_grads), (one_hot, one_hot_grads) = results
+    assert torch.allclose(gather, one_hot, atol=1e-6)
+    for a, b in zip(gather_grads, one_hot_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_labels_are_time_major():

@@ -73,9 +73,11 @@ def test_train_evaluate_and_outputs(data, tmp_path, backend, variant):
     record = json.loads((model_dir / "run.json").read_text())
     assert record["model_args"] == {"vocab_size": 28, "num_hiddens": 24}
     assert record["params"]["train"]["lr"] == 1.0 and record["versions"][backend]
+    assert set(record["params"]) == {"ingest", "vocab", "partition", "train"}
     assert len(record["vocab_sha256"]) == 64 and len(record["train_sha256"]) == 64
     with safe_open(str(model_dir / "model.safetensors"), "np") as f:  # safe format, no pickle
-        assert sum(f.get_tensor(k).size for k in f.keys())  # noqa: SIM118 (safe_open has no __iter__) == s.num_params
+        names = list(f.keys())
+        assert sum(f.get_tensor(k).size for k in names) == s.num_params
     metrics = json.loads(
         (tmp_path / "metrics" / f"{backend}-{variant}" / "metrics.json").read_text()
     )

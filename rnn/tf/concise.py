@@ -26,8 +26,9 @@ class RNNModel(keras.layers.Layer):
         self.rnn.build((None, None, vocab_size))
         self.dense.build((None, num_hiddens))
 
-    def begin_state(self, batch_size: int) -> list[tf.Tensor]:
-        return [tf.zeros((batch_size, self.num_hiddens))]
+    def begin_state(self, batch_size: int, device: str | None = None) -> list[tf.Tensor]:
+        with tf.device(device):  # None: TensorFlow's placement, as the engine uses
+            return [tf.zeros((batch_size, self.num_hiddens))]
 
     def call(self, X: tf.Tensor, state: list[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
         Y, *state = self.rnn(tf.one_hot(X, self.vocab_size), initial_state=state)

@@ -54,8 +54,9 @@ class RNNModelScratch(tf.Module):
         self.W_hq = tf.Variable(normal((num_hiddens, vocab_size), gen), name="W_hq")
         self.b_q = tf.Variable(tf.zeros(vocab_size), name="b_q")
 
-    def begin_state(self, batch_size: int) -> tuple[tf.Tensor]:
-        return (tf.zeros((batch_size, self.num_hiddens)),)
+    def begin_state(self, batch_size: int, device: str | None = None) -> tuple[tf.Tensor]:
+        with tf.device(device):  # None: TensorFlow's placement, as the engine uses
+            return (tf.zeros((batch_size, self.num_hiddens)),)
 
     def __call__(self, X: tf.Tensor, state: tuple[tf.Tensor]) -> tuple[tf.Tensor, tuple[tf.Tensor]]:
         """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state."""

@@ -117,11 +117,16 @@ class Engine:
 
     def _epoch_graph(self, xs: tf.Tensor, ys: tf.Tensor, fresh_state: bool) -> tf.Tensor:
         batch = tf.shape(xs)[1]
-        state = list(self.model.begin_state(batch))
         total = tf.constant(0.0)
+        if fresh_state:  # a Python bool: each scheme gets its own graph
+            # No state crosses minibatches, so none is a loop variable (Keras returns its state
+            # with an unknown batch size, which a loop variable may not change to).
+            for i in tf.range(tf.shape(xs)[0]):
+                loss, _ = self.train_step(xs[i], ys[i], list(self.model.begin_state(batch)))
+                total += loss
+            return total
+        state = list(self.model.begin_state(batch))
         for i in tf.range(tf.shape(xs)[0]):
-            if fresh_state:  # a Python bool: each scheme gets its own graph
-                state = list(self.model.begin_state(batch))
             loss, state = self.train_step(xs[i], ys[i], state)
             total += loss
         return total
