@@ -211,8 +211,19 @@ def test_torch_state_is_detached_between_minibatches(scratch_inputs):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generation_greedy_and_sampled(backend, variant, scratch_inputs):
     e = engine(backend, variant)
+    e.load_canonical_weights(random_weights(5))  # distinct logits: no near-ties in the argmax
     greedy = e.generate([1, 2, 3], 10)
     assert greedy[:3] == [1, 2, 3] and len(greedy) == 13
+    # The book's predict: each generated token is the argmax after reading everything before
+    # it, prefix included (one forward pass over the whole sequence gives those logits).
+    fed = np.array([greedy[:-1]])
+    if backend == "torch":
+        logits, _ = e.model(torch.from_numpy(fed), e.model.begin_state(1))
+        logits = logits.detach().numpy()
+    else:
+        logits, _ = e.model(tf.constant(fed, tf.int32), list(e.model.begin_state(1)))
+        logits = logits.numpy()
+    assert greedy[3:] == [int(i) for i in logits.argmax(axis=1)[2:]]
     assert e.generate([1, 2, 3], 10) == greedy
     assert e.generate([1, 2, 3], 10, temperature=1.0, top_k=1) == greedy  # top-1 is greedy
     a = e.generate([1], 20, temperature=2.0, top_k=5, seed=3)
@@ -232,3 +243,14 @@ def test_missing_device_is_a_clear_error(backend):
     with pytest.raises(PipelineError, match=r"no (CUDA device|GPU)"):
         engine(backend, "scratch", device="cuda")
     assert engine(backend, "scratch", device="auto").num_params() == V * H + H * H + H + H * V + V
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_step_changes_every_parameter(backend, variant, scratch_inputs):
+    e = engine(backend, variant)
+    before = {k: v.copy() for k, v in e.canonical_weights().items()}
+    xs, ys = (a[None] for a in tokens())
+    e.train_epoch(xs, ys, "sequential")
+    after = e.canonical_weights()
+    assert all(not np.array_equal(before[k], after[k]) for k in before)

@@ -52,9 +52,25 @@ class FixedDraws:
 def test_books_minibatch_counts_for_every_offset(n, expected, scheme):
     ids = np.arange(n)
     fn = random_sampling if scheme == "random" else sequential_partitioning
-    for seed in range(60):  # covers every offset 0..35 with high probability
-        x, y = fn(ids, 32, 35, np.random.default_rng(seed))
+    offsets = range(35) if scheme == "random" else range(36)  # the book's randint ranges
+
+    class FixedOffset:
+        """A generator whose offset draw is fixed (and checked to be in the scheme's range)."""
+
+        def __init__(self, offset: int) -> None:
+            self.offset, self.rng = offset, np.random.default_rng(offset)
+
+        def integers(self, low: int, high: int) -> int:
+            assert low <= self.offset < high
+            return self.offset
+
+        def permutation(self, n: int) -> np.ndarray:
+            return self.rng.permutation(n)
+
+    for offset in offsets:
+        x, y = fn(ids, 32, 35, FixedOffset(offset))
         assert x.shape == y.shape == (expected, 32, 35)
+        assert x.min() >= offset and np.array_equal(y, x + 1)
 
 
 def test_book_mode_partition_on_the_canonical_text(vocab_dir, tmp_path):

@@ -92,23 +92,31 @@ def test_train_evaluate_and_outputs(data, tmp_path, backend, variant):
     assert len(ev.samples["time traveller"]) == len("time traveller") + 50
 
 
+def with_sampling(params: Params, sampling: str) -> Params:
+    return params.model_copy(
+        update={"partition": params.partition.model_copy(update={"sampling": sampling})}
+    )
+
+
 @pytest.mark.parametrize("backend", ["torch", "tf"])
-def test_repeat_is_bit_identical_and_resume_matches(data, tmp_path, backend):
-    params = tiny_params()
-    run(data, tmp_path / "a", backend, "scratch", params)
-    run(data, tmp_path / "b", backend, "scratch", params)
-    weights = f"models/{backend}-scratch/model.safetensors"
-    record = f"models/{backend}-scratch/run.json"
+@pytest.mark.parametrize("variant, sampling", [("scratch", "sequential"), ("concise", "random")])
+def test_repeat_is_bit_identical_and_resume_matches(data, tmp_path, backend, variant, sampling):
+    params = with_sampling(tiny_params(), sampling)
+    run(data, tmp_path / "a", backend, variant, params)
+    run(data, tmp_path / "b", backend, variant, params)
+    weights = f"models/{backend}-{variant}/model.safetensors"
+    record = f"models/{backend}-{variant}/run.json"
     for f in (weights, record):
         assert file_sha256(tmp_path / "a" / f) == file_sha256(tmp_path / "b" / f)
     # Interrupted after 3 of 4 epochs (checkpoint at 2 + the budget's own), then resumed.
-    first = run(data, tmp_path / "c", backend, "scratch", params, epoch_budget=3)
+    first = run(data, tmp_path / "c", backend, variant, params, epoch_budget=3)
     assert first.epochs == 3 and not (tmp_path / "c" / weights).exists()
-    second = run(data, tmp_path / "c", backend, "scratch", params)
+    second = run(data, tmp_path / "c", backend, variant, params)
     assert second.resumed_from_epoch == 3 and second.epochs == 4
     assert file_sha256(tmp_path / "c" / weights) == file_sha256(tmp_path / "a" / weights)
     # A changed parameter never resumes another configuration's checkpoint.
-    changed = run(data, tmp_path / "c", backend, "scratch", tiny_params(lr=0.5), epoch_budget=1)
+    changed_params = with_sampling(tiny_params(lr=0.5), sampling)
+    changed = run(data, tmp_path / "c", backend, variant, changed_params, epoch_budget=1)
     assert changed.resumed_from_epoch == 0
 
 
