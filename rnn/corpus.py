@@ -121,16 +121,16 @@ class _CorpusWriter:
 
     def _cut(self, data: bytes, start: int) -> int | None:
         """End of the row starting at ``start``: just after the last separator within ROW_BYTES,
-        else just after the first one beyond; text with no separator for two rows' length is cut
-        at a UTF-8 character boundary (only a "token" megabytes long is split)."""
-        end = start + ROW_BYTES
+        else the first one within twice that; a row is never longer, so text with no separator
+        that long is cut at a UTF-8 character boundary (a "token" megabytes long is split)."""
+        end, limit = start + ROW_BYTES, start + 2 * ROW_BYTES
         for sep in self._seps:
             if (at := data.rfind(sep, start, end)) >= 0:
                 return at + 1
-        beyond = [at for sep in self._seps if (at := data.find(sep, end)) >= 0]
+        beyond = [at for sep in self._seps if (at := data.find(sep, end, limit)) >= 0]
         if beyond:
             return min(beyond) + 1
-        if len(data) - start < 2 * ROW_BYTES:
+        if len(data) < limit:
             return None
         while data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte: back off to a char start
             end -= 1
@@ -210,20 +210,20 @@ def read_provenance(path: str | Path) -> dict:
 
 
 def iter_text_rows(path: str | Path) -> Iterator[np.ndarray]:
-    """The corpus as UTF-8 byte arrays, one per stored row group, each read when it is asked for.
-
-    Not memory-mapped: decoding copies the bytes anyway, so a mapping would hold them twice.
-    """
-    corpus = pq.ParquetFile(_require_corpus(path), memory_map=False)
-    for group in range(corpus.num_row_groups):
-        for chunk in corpus.read_row_group(group, columns=["text"]).column("text").chunks:
-            if len(chunk) == 0:
-                continue
-            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
-            data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
-            yield data[offsets[chunk.offset] : offsets[chunk.offset + len(chunk)]]
+    """The corpus as UTF-8 byte arrays, one per stored row group, each read when it is asked for
+    (rows are at most 2 x ROW_BYTES). Not memory-mapped: decoding copies the bytes into Arrow
+    buffers, so a mapping would count the text twice."""
+    with pq.ParquetFile(_require_corpus(path), memory_map=False) as corpus:
+        for group in range(corpus.num_row_groups):
+            for chunk in corpus.read_row_group(group, columns=["text"]).column("text").chunks:
+                if len(chunk) == 0:
+                    continue
+                offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
+                data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
+                yield data[offsets[chunk.offset] : offsets[chunk.offset + len(chunk)]]
 
 
 def read_text_rows(path: str | Path) -> list[np.ndarray]:
-    """All of ``iter_text_rows``, for passes that need the text more than once."""
+    """All of ``iter_text_rows``, held in memory, for passes that need the text more than once
+    (characters: counted, then encoded)."""
     return list(iter_text_rows(path))

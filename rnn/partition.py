@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from rnn.atomic import atomic_path
 from rnn.config import PartitionConfig
 from rnn.errors import PipelineError
-from rnn.vocab import load_ids
+from rnn.vocab import ids_file
 
 SPLITS = ("train", "valid", "test")
 SUMMARY_FILE = "partition.json"
@@ -119,10 +120,14 @@ def split_sizes(n: int, cfg: PartitionConfig) -> dict[str, int]:
 def partition(ids_path: str | Path, cfg: PartitionConfig, out_dir: str | Path) -> PartitionSummary:
     """Write train/valid/test .npy files (contiguous, in corpus order) and partition.json."""
     out_dir = Path(out_dir)
-    ids = load_ids(ids_path)
-    if cfg.max_tokens is not None:
-        ids = ids[: cfg.max_tokens]
-    sizes = split_sizes(len(ids), cfg)
+    with open(ids_file(ids_path), "rb") as ids:  # one handle: sizes and bytes from one file
+        return _partition(ids, cfg, out_dir)
+
+
+def _partition(ids: BinaryIO, cfg: PartitionConfig, out_dir: Path) -> PartitionSummary:
+    total, dtype, data_start = _read_npy_header(ids)
+    n = total if cfg.max_tokens is None else min(total, cfg.max_tokens)
+    sizes = split_sizes(n, cfg)
     need = min_tokens(cfg.batch_size, cfg.num_steps)
     if sizes["train"] < need:
         raise PipelineError(
@@ -151,7 +156,7 @@ def partition(ids_path: str | Path, cfg: PartitionConfig, out_dir: str | Path) -
         atomic_path(out_dir / SUMMARY_FILE) as meta,
     ):
         for tmp, lo, hi in zip((train, valid, test), bounds[:-1], bounds[1:], strict=True):
-            _save_slice(ids, int(lo), int(hi), tmp)
+            _save_slice(ids, dtype, data_start + int(lo) * dtype.itemsize, int(hi - lo), tmp)
         meta.write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
     return summary
 
@@ -159,19 +164,36 @@ def partition(ids_path: str | Path, cfg: PartitionConfig, out_dir: str | Path) -
 _COPY_BLOCK = 1 << 22
 
 
-def _save_slice(ids: np.memmap, lo: int, hi: int, path: Path) -> None:
-    """``np.save(path, ids[lo:hi])`` by copying the bytes through file reads: touching the
-    memory map instead would count the whole corpus against the process's memory."""
-    header = {"descr": np.lib.format.dtype_to_descr(ids.dtype), "fortran_order": False}
-    start, remaining = ids.offset + lo * ids.itemsize, (hi - lo) * ids.itemsize
-    with open(ids.filename, "rb") as src, open(path, "wb") as out:
-        np.lib.format.write_array_header_1_0(out, {**header, "shape": (hi - lo,)})
-        src.seek(start)
+def _read_npy_header(f: BinaryIO) -> tuple[int, np.dtype, int]:
+    """Length, dtype and byte offset of the 1-D array in an open ``.npy``."""
+    name = getattr(f, "name", "ids.npy")
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }[version]
+        shape, _, dtype = read_header(f)
+    except (ValueError, KeyError):
+        raise PipelineError(f"{name} is not a NumPy token-id file", "rerun `rnn vocab`") from None
+    if len(shape) != 1:
+        raise PipelineError(f"{name} holds a {len(shape)}-D array, not ids", "rerun `rnn vocab`")
+    return shape[0], dtype, f.tell()
+
+
+def _save_slice(src: BinaryIO, dtype: np.dtype, start: int, count: int, path: Path) -> None:
+    """Write ``count`` elements of ``src`` from byte ``start`` as a ``.npy``, copying the bytes
+    through file reads: a memory map would count the whole corpus against the process."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+    remaining = count * dtype.itemsize
+    src.seek(start)
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {**header, "shape": (count,)})
         while remaining:
             block = src.read(min(_COPY_BLOCK, remaining))
             if not block:
                 raise PipelineError(
-                    f"{ids.filename} is shorter than its header says", "rerun `rnn vocab`"
+                    f"{src.name} is shorter than its header says", "rerun `rnn vocab`"
                 )
             out.write(block)
             remaining -= len(block)

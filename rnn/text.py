@@ -22,12 +22,15 @@ _GUTENBERG_START = re.compile(
 _GUTENBERG_END = re.compile(
     rb"^\*{1,3} ?END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M
 )
-# A page starts with a doctype, a comment, an XML declaration or one of the tags error pages open
-# with; plain text practically never starts with any of these.
-_HTML_START = re.compile(
-    rb"^\s*(?:<!doctype\s+html|<!--|<\?xml|<(?:html|head|body|title|meta|h[1-6]|p|div|center|pre"
-    rb"|table|script|style|link|a|br|hr)\b[^>]*>)",
-    re.I,
+_HTML_START = re.compile(rb"^\s*(?:<!doctype\s+html|<html|<\?xml|<head|<body)", re.I)
+# Error pages also open with a comment or another tag (<title>, <h1>, ...); text rarely does, and
+# then has no closing tag (or a line opening <html>, <body>) near its start: such a head is HTML
+# only with one.
+_TAG_START = re.compile(rb"^\s*(?:<!--|<[a-z][a-z0-9]*\b[^>\n]*>)", re.I)
+_HTML_MARKER = re.compile(
+    rb"</(?:html|head|body|title|h[1-6]|p|div|center|pre|table|script|style|a|span)\s*>"
+    rb"|^[ \t]*<(?:html|head|body)\b",
+    re.I | re.M,
 )
 # Control bytes that never occur in text files (tab, LF, VT, FF, CR and ESC excluded).
 _BINARY_BYTES = np.zeros(256, dtype=bool)
@@ -41,7 +44,7 @@ def check_text(data: bytes, name: str, encoding: str = "utf-8") -> str | None:
     head = data[:4096]
     if not data or data.isspace():
         raise PipelineError(f"{name} is empty", "point ingest.source at a non-empty text file")
-    if _HTML_START.match(head.removeprefix(BOM)):
+    if _looks_like_html(head.removeprefix(BOM)):
         raise PipelineError(
             f"{name} is an HTML page, not plain text (a mirror or proxy error page?)",
             "use the raw text URL or file and pin its checksum in ingest.sha1/sha256",
@@ -67,6 +70,10 @@ def check_text(data: bytes, name: str, encoding: str = "utf-8") -> str | None:
             f"unknown encoding {encoding!r}", "set ingest.encoding to e.g. utf-8 or latin-1"
         ) from None
     return None
+
+
+def _looks_like_html(head: bytes) -> bool:
+    return bool(_HTML_START.match(head) or (_TAG_START.match(head) and _HTML_MARKER.search(head)))
 
 
 def strip_gutenberg(data: bytes) -> bytes:

@@ -26,6 +26,9 @@ from rnn.progress import epoch_progress
 from rnn.record import RECORD_FILE, WEIGHTS_FILE, file_sha256, fingerprint, library_versions
 from rnn.vocab import VOCAB_FILE, Vocab
 
+# The ingest keys that decide the corpus's content (the rest: download and checksum settings).
+DATA_INGEST_KEYS = ("source", "normalization", "strip_gutenberg", "encoding")
+
 CHECKPOINT = "checkpoint.safetensors"
 HISTORY = "checkpoint.json"
 
@@ -168,9 +171,10 @@ def train_model(
         "variant": variant,
         "model_args": {"vocab_size": len(vocab), "num_hiddens": num_hiddens},
         "num_params": engine.num_params(),
-        # every parameter that shaped the model: the data's (hashed above too) and training's
+        # every parameter that shaped the model: the data's (also in dvc.yaml's train params, so
+        # the record cannot go stale) and training's; fetch settings change no content
         "params": {
-            "ingest": params.ingest.model_dump(),
+            "ingest": params.ingest.model_dump(include=set(DATA_INGEST_KEYS)),
             "vocab": params.vocab.model_dump(),
             **trained_with,
         },

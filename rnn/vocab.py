@@ -274,10 +274,15 @@ def _save_encoded(path: Path, chunks: list[np.ndarray], lut: np.ndarray, total: 
             pending.result()
 
 
-def load_ids(path: str | Path) -> np.ndarray:
+def ids_file(path: str | Path) -> Path:
+    """The ``ids.npy`` at ``path`` (the file, or the vocabulary directory holding it)."""
     path = Path(path)
     if path.is_dir():
         path = path / IDS_FILE
     if not path.is_file():
         raise PipelineError(f"token ids {path} not found", "run `rnn vocab` first")
-    return np.load(path, mmap_mode="r")
+    return path
+
+
+def load_ids(path: str | Path) -> np.ndarray:
+    return np.load(ids_file(path), mmap_mode="r")

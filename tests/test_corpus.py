@@ -99,11 +99,40 @@ def test_bad_input_is_one_clear_error_and_keeps_the_earlier_output(tmp_path, kin
     assert sorted(os.listdir(tmp_path)) == sorted(["corpus.parquet", bad.name])  # no temp left
 
 
-def test_text_that_merely_mentions_tags_is_not_taken_for_html(tmp_path):
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"<Chapter I> The <html> tag, <3 and a < b\n",
+        b"<A Tale of Two Cities>\nIt was the best of times\n",
+        b"<a@example.com> wrote:\nhello\n",
+        b"<p> and <q> are propositions\n",
+        b"<!-- generated -->\n# Notes\n",
+    ],
+)
+def test_text_that_merely_starts_with_a_tag_is_not_taken_for_html(tmp_path, text):
     src = tmp_path / "t.txt"
-    src.write_bytes(b"<Chapter I> The <html> tag, <3 and a < b\n")
-    ingest(local(src), tmp_path / "c.parquet")
-    assert corpus_text(tmp_path / "c.parquet") == "chapter i the html tag and a b"
+    src.write_bytes(text)
+    ingest(local(src, normalization="raw"), tmp_path / "c.parquet")
+    assert corpus_text(tmp_path / "c.parquet") == text.decode()
+
+
+def test_an_error_after_rows_were_written_keeps_the_earlier_output(tmp_path, monkeypatch):
+    """A directory whose second file is bad: rows of the first are already streamed to the
+    temporary file when the error comes; the earlier corpus survives and no temp file is left."""
+    import rnn.corpus
+
+    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 64)
+    out = tmp_path / "corpus.parquet"
+    ingest(local(TIME_MACHINE), out)
+    good = out.read_bytes()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Plenty of good text here. " * 40)
+    (docs / "b.txt").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(PipelineError, match="binary"):
+        ingest(local(docs), out)
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.parquet", "docs"]
 
 
 def test_missing_file_and_local_checksum_mismatch(tmp_path):
@@ -157,6 +186,22 @@ def test_streamed_rows_rebuild_the_text_and_end_at_separators(pieces, normalizat
         row.decode()  # whole characters only
     for row in rows[:-1]:
         assert row.endswith(seps) or not any(s in row for s in seps)
+    assert all(len(row) <= 2 * row_bytes for row in rows)  # bounded, whatever the text
+
+
+@pytest.mark.parametrize("normalization", ["d2l", "raw"])
+def test_a_token_longer_than_two_rows_is_cut_rather_than_making_one_huge_row(
+    tmp_path, monkeypatch, normalization
+):
+    import rnn.corpus
+
+    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 1000)
+    src = tmp_path / "long.txt"
+    src.write_text("x" * 100_000 + " y\n")
+    ingest(local(src, normalization=normalization), tmp_path / "c.parquet")
+    rows = pq.read_table(tmp_path / "c.parquet").column("text").to_pylist()
+    assert max(len(r) for r in rows) <= 2000 and len(rows) >= 50
+    assert "".join(rows).startswith("x" * 100_000 + " y")
 
 
 def test_corpus_rows_are_written_while_the_source_is_still_being_cleaned(tmp_path, monkeypatch):

@@ -94,6 +94,28 @@ def test_contiguous_splits_cover_the_corpus_in_order(vocab_dir, tmp_path):
     assert np.array_equal(np.concatenate(parts), ids)
 
 
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_splits_are_copied_from_either_npy_header_version(tmp_path, version):
+    ids = (np.arange(5000) % 251).astype(np.uint8)
+    with open(tmp_path / "ids.npy", "wb") as f:
+        np.lib.format.write_array(f, ids, version=version)
+    partition(
+        tmp_path / "ids.npy",
+        PartitionConfig(max_tokens=4000, train=0.5, valid=0.25, test=0.25),
+        tmp_path / "p",
+    )
+    parts = [load_split(tmp_path / "p", s) for s in ("train", "valid", "test")]
+    assert [p.dtype for p in parts] == [np.uint8] * 3
+    assert np.array_equal(np.concatenate(parts), ids[:4000])
+
+
+def test_an_ids_file_that_is_not_npy_is_one_clear_error(tmp_path):
+    (tmp_path / "ids.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(PipelineError, match="not a NumPy token-id file"):
+        partition(tmp_path / "ids.npy", PartitionConfig(), tmp_path / "p")
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(50, 3000),

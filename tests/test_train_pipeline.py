@@ -19,7 +19,7 @@ from rnn.evaluate import evaluate_model
 from rnn.partition import partition
 from rnn.record import file_sha256
 from rnn.report import build_report
-from rnn.train import train_model
+from rnn.train import DATA_INGEST_KEYS, train_model
 from rnn.vocab import build_vocab
 
 from .conftest import TIME_MACHINE
@@ -74,6 +74,7 @@ def test_train_evaluate_and_outputs(data, tmp_path, backend, variant):
     assert record["model_args"] == {"vocab_size": 28, "num_hiddens": 24}
     assert record["params"]["train"]["lr"] == 1.0 and record["versions"][backend]
     assert set(record["params"]) == {"ingest", "vocab", "partition", "train"}
+    assert set(record["params"]["ingest"]) == set(DATA_INGEST_KEYS)
     assert len(record["vocab_sha256"]) == 64 and len(record["train_sha256"]) == 64
     with safe_open(str(model_dir / "model.safetensors"), "np") as f:  # safe format, no pickle
         names = list(f.keys())
@@ -154,3 +155,14 @@ def test_evaluating_an_untrained_run_is_a_clear_error(data, tmp_path):
             data / "vocab",
             tmp_path / "eval",
         )
+
+
+def test_dvc_retrains_on_every_data_parameter_the_record_holds():
+    """run.json records the data's content keys; dvc.yaml must list them as the train stage's
+    params, or a changed key would leave a stale record behind."""
+    import yaml
+
+    from .workspace import ROOT
+
+    train_params = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    assert {f"ingest.{k}" for k in DATA_INGEST_KEYS} | {"vocab"} <= set(train_params)
