@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from rnn import npyfile
 from rnn.atomic import atomic_path
 from rnn.config import PartitionConfig
 from rnn.errors import PipelineError
@@ -125,7 +126,7 @@ def partition(ids_path: str | Path, cfg: PartitionConfig, out_dir: str | Path) -
 
 
 def _partition(ids: BinaryIO, cfg: PartitionConfig, out_dir: Path) -> PartitionSummary:
-    total, dtype, data_start = _read_npy_header(ids)
+    total, dtype, data_start = npyfile.read_header(ids)
     n = total if cfg.max_tokens is None else min(total, cfg.max_tokens)
     sizes = split_sizes(n, cfg)
     need = min_tokens(cfg.batch_size, cfg.num_steps)
@@ -164,31 +165,13 @@ def _partition(ids: BinaryIO, cfg: PartitionConfig, out_dir: Path) -> PartitionS
 _COPY_BLOCK = 1 << 22
 
 
-def _read_npy_header(f: BinaryIO) -> tuple[int, np.dtype, int]:
-    """Length, dtype and byte offset of the 1-D array in an open ``.npy``."""
-    name = getattr(f, "name", "ids.npy")
-    try:
-        version = np.lib.format.read_magic(f)
-        read_header = {
-            (1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0,
-        }[version]
-        shape, _, dtype = read_header(f)
-    except (ValueError, KeyError):
-        raise PipelineError(f"{name} is not a NumPy token-id file", "rerun `rnn vocab`") from None
-    if len(shape) != 1:
-        raise PipelineError(f"{name} holds a {len(shape)}-D array, not ids", "rerun `rnn vocab`")
-    return shape[0], dtype, f.tell()
-
-
 def _save_slice(src: BinaryIO, dtype: np.dtype, start: int, count: int, path: Path) -> None:
     """Write ``count`` elements of ``src`` from byte ``start`` as a ``.npy``, copying the bytes
     through file reads: a memory map would count the whole corpus against the process."""
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
     remaining = count * dtype.itemsize
     src.seek(start)
     with open(path, "wb") as out:
-        np.lib.format.write_array_header_1_0(out, {**header, "shape": (count,)})
+        npyfile.write_header(out, dtype, count)
         while remaining:
             block = src.read(min(_COPY_BLOCK, remaining))
             if not block:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rnn import npyfile
 from rnn.atomic import atomic_path
 from rnn.config import VocabConfig
 from rnn.corpus import iter_text_rows, read_provenance, read_text_rows
@@ -257,13 +258,8 @@ def build_vocab(corpus: str | Path, cfg: VocabConfig, out_dir: str | Path) -> Vo
 def _save_encoded(path: Path, chunks: list[np.ndarray], lut: np.ndarray, total: int) -> None:
     """Encode row by row with a table lookup (fancy indexing beats np.take here) and append each
     row to one .npy, so the encoded corpus is never held whole in memory."""
-    header = {
-        "descr": np.lib.format.dtype_to_descr(lut.dtype),
-        "fortran_order": False,
-        "shape": (total,),
-    }
     with open(path, "wb") as f, ThreadPoolExecutor(1) as writer:
-        np.lib.format.write_array_header_1_0(f, header)
+        npyfile.write_header(f, lut.dtype, total)
         pending = None
         for c in chunks:
             encoded = lut[c]
