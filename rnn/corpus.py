@@ -107,13 +107,13 @@ class _CorpusWriter:
         start = 0
         while start < len(data):
             left = len(data) - start
-            cut = len(data) if final and left <= ROW_BYTES else None
-            if cut is None and left >= ROW_BYTES:
-                cut = self._cut(data, start)
-            if cut is None and final:
+            if left < ROW_BYTES and not final:
+                break  # too short for a row yet: wait for more text
+            cut = len(data) if final and left <= ROW_BYTES else self._cut(data, start)
+            if cut is None:  # no separator to end the row at
+                if not final:
+                    break
                 cut = len(data)
-            if cut is None:  # a row must end at a separator: wait for more text
-                break
             self._write_row(memoryview(data)[start:cut])
             start = cut
         rest = data[start:]
