@@ -33,13 +33,18 @@ def vocab_dir(tmp_path_factory):
 class FixedDraws:
     """A Generator stand-in that records the two draws, to replay them in the book's code."""
 
-    def __init__(self, seed):
+    def __init__(self, seed, offset=None):
         self.rng = np.random.default_rng(seed)
+        self.fixed_offset = offset  # when given, drawn every time (and checked to be in range)
         self.offset = None
         self.order = None
 
     def integers(self, lo, hi):
-        self.offset = int(self.rng.integers(lo, hi))
+        if self.fixed_offset is None:
+            self.offset = int(self.rng.integers(lo, hi))
+        else:
+            assert lo <= self.fixed_offset < hi
+            self.offset = self.fixed_offset
         return self.offset
 
     def permutation(self, n):
@@ -53,22 +58,8 @@ def test_books_minibatch_counts_for_every_offset(n, expected, scheme):
     ids = np.arange(n)
     fn = random_sampling if scheme == "random" else sequential_partitioning
     offsets = range(35) if scheme == "random" else range(36)  # the book's randint ranges
-
-    class FixedOffset:
-        """A generator whose offset draw is fixed (and checked to be in the scheme's range)."""
-
-        def __init__(self, offset: int) -> None:
-            self.offset, self.rng = offset, np.random.default_rng(offset)
-
-        def integers(self, low: int, high: int) -> int:
-            assert low <= self.offset < high
-            return self.offset
-
-        def permutation(self, n: int) -> np.ndarray:
-            return self.rng.permutation(n)
-
     for offset in offsets:
-        x, y = fn(ids, 32, 35, FixedOffset(offset))
+        x, y = fn(ids, 32, 35, FixedDraws(offset, offset=offset))
         assert x.shape == y.shape == (expected, 32, 35)
         assert x.min() >= offset and np.array_equal(y, x + 1)
 
