@@ -18,6 +18,16 @@ def corpus(n=600, seed=0):
     return np.random.default_rng(seed).integers(0, V, n)
 
 
+def forward_logits(backend: str, e, X: np.ndarray) -> np.ndarray:
+    """The engine's model on token ids ``X`` (batch, steps) from a fresh state: time-major logits."""
+    m = e.model
+    if backend == "torch":
+        logits, _ = m(torch.from_numpy(X), m.begin_state(X.shape[0]))
+        return logits.detach().numpy()
+    logits, _ = m(tf.constant(X, tf.int32), list(m.begin_state(X.shape[0])))
+    return logits.numpy()
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_torch_and_tf_agree_on_logits_for_the_same_weights(variant, scratch_inputs):
     weights = random_weights(1)
@@ -26,13 +36,7 @@ def test_torch_and_tf_agree_on_logits_for_the_same_weights(variant, scratch_inpu
     for backend in ("torch", "tf"):
         e = engine(backend, variant)
         e.load_canonical_weights(weights)
-        m = e.model
-        if backend == "torch":
-            logits, _ = m(torch.from_numpy(X), m.begin_state(B))
-            outs.append(logits.detach().numpy())
-        else:
-            logits, _ = m(tf.constant(X, tf.int32), list(m.begin_state(B)))
-            outs.append(logits.numpy())
+        outs.append(forward_logits(backend, e, X))
     assert outs[0].shape == (T * B, V)
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
 
@@ -216,13 +220,7 @@ def test_generation_greedy_and_sampled(backend, variant, scratch_inputs):
     assert greedy[:3] == [1, 2, 3] and len(greedy) == 13
     # The book's predict: each generated token is the argmax after reading everything before
     # it, prefix included (one forward pass over the whole sequence gives those logits).
-    fed = np.array([greedy[:-1]])
-    if backend == "torch":
-        logits, _ = e.model(torch.from_numpy(fed), e.model.begin_state(1))
-        logits = logits.detach().numpy()
-    else:
-        logits, _ = e.model(tf.constant(fed, tf.int32), list(e.model.begin_state(1)))
-        logits = logits.numpy()
+    logits = forward_logits(backend, e, np.array([greedy[:-1]]))
     assert greedy[3:] == [int(i) for i in logits.argmax(axis=1)[2:]]
     assert e.generate([1, 2, 3], 10) == greedy
     assert e.generate([1, 2, 3], 10, temperature=1.0, top_k=1) == greedy  # top-1 is greedy
