@@ -15,6 +15,7 @@ Sequential partitioning, batch_size=2, num_steps=3, offset=1 on tokens 0..14::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -167,11 +168,14 @@ _COPY_BLOCK = 1 << 22
 
 def _save_slice(src: BinaryIO, dtype: np.dtype, start: int, count: int, path: Path) -> None:
     """Write ``count`` elements of ``src`` from byte ``start`` as a ``.npy``, copying the bytes
-    through file reads: a memory map would count the whole corpus against the process."""
-    remaining = count * dtype.itemsize
-    src.seek(start)
+    file to file: a memory map would count the whole corpus against the process."""
+    size = count * dtype.itemsize
     with open(path, "wb") as out:
         npyfile.write_header(out, dtype, count)
+        out.flush()
+        copied = _copy_in_kernel(src, out, start, size)
+        src.seek(start + copied)
+        remaining = size - copied
         while remaining:
             block = src.read(min(_COPY_BLOCK, remaining))
             if not block:
@@ -180,6 +184,22 @@ def _save_slice(src: BinaryIO, dtype: np.dtype, start: int, count: int, path: Pa
                 )
             out.write(block)
             remaining -= len(block)
+
+
+def _copy_in_kernel(src: BinaryIO, out: BinaryIO, start: int, size: int) -> int:
+    """Bytes copied with ``copy_file_range`` (Linux: no trip through user memory, 2-4x faster
+    than reads and writes); 0 where the platform or file system cannot, and the caller copies."""
+    copy = getattr(os, "copy_file_range", None)
+    done = 0
+    while copy is not None and done < size:
+        try:
+            n = copy(src.fileno(), out.fileno(), size - done, start + done)
+        except OSError:  # EXDEV, ENOSYS, EINVAL, ...: fall back for the rest
+            break
+        if n == 0:  # end of the source: the caller's read reports the short file
+            break
+        done += n
+    return done
 
 
 def load_split(out_dir: str | Path, name: str) -> np.ndarray:

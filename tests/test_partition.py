@@ -77,7 +77,15 @@ def test_book_mode_partition_on_the_canonical_text(vocab_dir, tmp_path):
     )
 
 
-def test_contiguous_splits_cover_the_corpus_in_order(vocab_dir, tmp_path):
+@pytest.fixture(params=["copy_file_range", "read-write"])
+def copy_mode(request, monkeypatch):
+    """Splits are copied in the kernel where the platform can, else through reads and writes."""
+    if request.param == "read-write":
+        monkeypatch.delattr("os.copy_file_range", raising=False)
+    return request.param
+
+
+def test_contiguous_splits_cover_the_corpus_in_order(vocab_dir, tmp_path, copy_mode):
     summary = partition(vocab_dir, PartitionConfig(train=0.8, valid=0.1, test=0.1), tmp_path)
     ids = np.load(vocab_dir / "ids.npy")
     parts = [load_split(tmp_path, s) for s in ("train", "valid", "test")]
@@ -98,6 +106,16 @@ def test_splits_are_copied_from_either_npy_header_version(tmp_path, version):
     parts = [load_split(tmp_path / "p", s) for s in ("train", "valid", "test")]
     assert [p.dtype for p in parts] == [np.uint8] * 3
     assert np.array_equal(np.concatenate(parts), ids[:4000])
+
+
+def test_an_ids_file_shorter_than_its_header_is_one_clear_error(tmp_path, copy_mode):
+    with open(tmp_path / "ids.npy", "wb") as f:
+        np.lib.format.write_array(f, np.zeros(5000, np.uint8))
+    with open(tmp_path / "ids.npy", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 2000)  # 3,000 of 5,000 ids left
+    with pytest.raises(PipelineError, match="shorter than its header says"):
+        partition(tmp_path / "ids.npy", PartitionConfig(max_tokens=4000), tmp_path / "p")
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
 
 
 def test_an_ids_file_that_is_not_npy_is_one_clear_error(tmp_path):
