@@ -104,7 +104,7 @@ for _c in range(ord("a"), ord("z") + 1):
     _D2L_TABLE[_c] = _c
     _D2L_TABLE[_c - 32] = _c
 _D2L_TABLE[ord("\n")] = _D2L_TABLE[ord("\r")] = ord("\n")
-_D2L_TABLE = bytes(_D2L_TABLE)
+_D2L_LUT = np.frombuffer(bytes(_D2L_TABLE), dtype=np.uint8)
 _SPACE, _NEWLINE = ord(" "), ord("\n")
 
 
@@ -146,14 +146,16 @@ def _line_chunks(data: bytes) -> Iterator[bytes]:
 def _normalize_d2l_lines(chunk: bytes) -> bytes:
     if not chunk.endswith(b"\n"):
         chunk += b"\n"  # the last line of a file: its trailing gap touches a line end too
-    t = np.frombuffer(chunk.translate(_D2L_TABLE), dtype=np.uint8)
+    # NumPy's table lookup and boolean gather release the GIL (bytes.translate does not), so the
+    # cleaning threads run side by side: ~25% faster on two cores though slower on one.
+    t = _D2L_LUT.take(np.frombuffer(chunk, dtype=np.uint8))
     is_letter = t > _SPACE
     # A gap (run of non-letters) becomes one space, kept at its first byte, if it has no line end.
-    keep = is_letter.copy()
-    keep[1:] |= is_letter[:-1]  # first byte of every gap
+    keep = np.empty_like(is_letter)
+    keep[0] = is_letter[0]
+    np.logical_or(is_letter[1:], is_letter[:-1], out=keep[1:])  # letters, first byte of each gap
     _drop_gaps_with_line_ends(t, keep, np.flatnonzero(t == _NEWLINE))
-    # Zero the dropped bytes and delete them in C: faster than a boolean gather.
-    return (t * keep).tobytes().translate(None, b"\0")
+    return t[keep].tobytes()
 
 
 def _drop_gaps_with_line_ends(t: np.ndarray, keep: np.ndarray, newlines: np.ndarray) -> None:
