@@ -276,7 +276,9 @@ def _save_encoded(path: Path, chunks: list[np.ndarray], lut: np.ndarray, total: 
 
 
 def _byte_table(lut: np.ndarray) -> bytes | None:
-    """``lut`` as a 256-byte translation table, when every id it maps to fits in a byte."""
+    """``lut`` as a 256-byte translation table, when every id it maps to fits in a byte. The
+    padding is never looked up: ``lut`` has an entry for every provisional id (``_Counted``), and
+    uint8 rows hold provisional ids only (ASCII rows are checked to be below its 128 entries)."""
     if lut.dtype != np.uint8 or lut.size > 256:
         return None
     return np.pad(lut, (0, 256 - lut.size)).tobytes()

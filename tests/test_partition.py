@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -79,10 +81,22 @@ def test_book_mode_partition_on_the_canonical_text(vocab_dir, tmp_path):
 
 @pytest.fixture(params=["copy_file_range", "read-write"])
 def copy_mode(request, monkeypatch):
-    """Splits are copied in the kernel where the platform can, else through reads and writes."""
+    """Splits are copied in the kernel where the platform can, else through reads and writes;
+    the kernel case yields the bytes it copied, to show that path really did the copying."""
+    copied: list[int] = []
     if request.param == "read-write":
         monkeypatch.delattr("os.copy_file_range", raising=False)
-    return request.param
+    elif not hasattr(os, "copy_file_range"):
+        pytest.skip("this platform has no copy_file_range")
+    else:
+        real = os.copy_file_range
+
+        def counted(*args):
+            copied.append(real(*args))
+            return copied[-1]
+
+        monkeypatch.setattr("os.copy_file_range", counted)
+    return copied
 
 
 def test_contiguous_splits_cover_the_corpus_in_order(vocab_dir, tmp_path, copy_mode):
@@ -91,6 +105,25 @@ def test_contiguous_splits_cover_the_corpus_in_order(vocab_dir, tmp_path, copy_m
     parts = [load_split(tmp_path, s) for s in ("train", "valid", "test")]
     assert [len(p) for p in parts] == [136_464, 17_058, 17_058] == list(summary.sizes.values())
     assert np.array_equal(np.concatenate(parts), ids)
+    assert sum(copy_mode) == (170_580 if copy_mode else 0)  # every byte by the kernel, or none
+
+
+def test_a_kernel_copy_that_fails_midway_is_finished_by_reads(vocab_dir, tmp_path, monkeypatch):
+    real, calls = os.copy_file_range, []
+
+    def fails_after_one_call(src, dst, count, offset_src):
+        calls.append(count)
+        if len(calls) > 1:
+            raise OSError(errno.EXDEV, "cross-device")
+        return real(src, dst, min(count, 1000), offset_src)
+
+    monkeypatch.setattr("os.copy_file_range", fails_after_one_call, raising=False)
+    partition(vocab_dir, PartitionConfig(train=0.8, valid=0.1, test=0.1), tmp_path)
+    parts = [load_split(tmp_path, s) for s in ("train", "valid", "test")]
+    assert np.array_equal(np.concatenate(parts), np.load(vocab_dir / "ids.npy"))
+    # train: 1,000 bytes by the kernel, then the error; valid, test: the error at once; the rest
+    # of each split by reads.
+    assert calls == [136_464, 135_464, 17_058, 17_058]
 
 
 @pytest.mark.parametrize("version", [(1, 0), (2, 0)])
