@@ -128,11 +128,11 @@ with tempfile.TemporaryDirectory() as tmp:
     timed("write corpus", lambda: write(os.path.join(tmp, "corpus"), clean))
     if token == "word":
         def words():
-            row, ids = 1 << 21, []
+            row, ids = 1 << 21, []  # rnn.corpus.ROW_BYTES
             for i in range(0, len(clean), row):
                 chunk = memoryview(clean)[i : i + row]  # no copy, as in rnn.vocab
-                offsets = pa.py_buffer(np.array([0, len(chunk)], np.int64))
-                piece = pa.LargeStringArray.from_buffers(1, offsets, pa.py_buffer(chunk))
+                offsets = pa.py_buffer(np.array([0, len(chunk)], np.int32))
+                piece = pa.StringArray.from_buffers(1, offsets, pa.py_buffer(chunk))
                 flat = pc.list_flatten(pc.split_pattern(piece, " "))
                 ids.append(pc.dictionary_encode(flat).indices.to_numpy())
             return np.concatenate(ids).astype(np.uint16)

@@ -171,8 +171,9 @@ def _count_words(rows: Iterable[np.ndarray], normalization: str) -> _Counted:
 
 def _encode_row(row: np.ndarray, normalization: str) -> tuple[pa.Array, np.ndarray]:
     """One row's words as (its dictionary in first-seen order, indices into it)."""
-    text = pa.LargeStringArray.from_buffers(
-        1, pa.py_buffer(np.array([0, row.size], dtype=np.int64)), pa.py_buffer(row)
+    # 32-bit offsets (rows are at most a few MiB): the split's per-word offsets take half the room.
+    text = pa.StringArray.from_buffers(
+        1, pa.py_buffer(np.array([0, row.size], dtype=np.int32)), pa.py_buffer(row)
     )
     pool = _ARROW_POOL
     if normalization == "d2l":
