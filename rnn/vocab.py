@@ -171,10 +171,12 @@ def _count_words(rows: Iterable[np.ndarray], normalization: str) -> _Counted:
 
 def _encode_row(row: np.ndarray, normalization: str) -> tuple[pa.Array, np.ndarray]:
     """One row's words as (its dictionary in first-seen order, indices into it)."""
-    # 32-bit offsets (rows are at most a few MiB): the split's per-word offsets take half the room.
-    text = pa.StringArray.from_buffers(
-        1, pa.py_buffer(np.array([0, row.size], dtype=np.int32)), pa.py_buffer(row)
-    )
+    # 32-bit offsets (our rows are at most a few MiB): the split's per-word offsets take half the
+    # room; a row of 2 GiB or more (another writer's file) keeps 64-bit ones.
+    small = row.size < 2**31
+    array = pa.StringArray if small else pa.LargeStringArray
+    offsets = np.array([0, row.size], dtype=np.int32 if small else np.int64)
+    text = array.from_buffers(1, pa.py_buffer(offsets), pa.py_buffer(row))
     pool = _ARROW_POOL
     if normalization == "d2l":
         lists = pc.split_pattern(text, " ", memory_pool=pool)
