@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SEED_BASELINE, TIME_MACHINE
+from throughput import last_json
 
 HIDDENS, BATCH, STEPS = 256, 32, 35
 
@@ -66,11 +66,6 @@ state = epoch(state)  # warm-up
 t0 = time.perf_counter(); epoch(state); seconds = time.perf_counter() - t0
 print(json.dumps({{"tokens_per_s": len(xs) * {b} * {t} / seconds}}))
 """
-
-
-def last_json(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def pair(first: list[str], second: list[str], flip: bool) -> tuple[dict, dict]:
