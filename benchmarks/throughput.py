@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SEED_BASELINE, TIME_MACHINE
+from common import SEED_BASELINE, TIME_MACHINE, last_json, pair
 
 HIDDENS = {"scratch": 512, "concise": 256}
 TARGETS = {"torch-scratch": 2, "torch-concise": 2, "tf-scratch": 6, "tf-concise": 10}
@@ -65,11 +64,6 @@ for name, product in products.items():
     rates[name] = calls * per_call * 2 * {b} * {h} * {h} / (time.perf_counter() - t0)
 print(json.dumps({{"flops": max(rates.values()), "rates": rates}}))
 """
-
-
-def last_json(cmd: list[str], env: dict | None = None) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def flops_per_token(h: int) -> float:
@@ -123,11 +117,7 @@ def main() -> int:
         ]
         # Pairs alternate which side runs first; the ratio is the median of the pairs' ratios,
         # so a slow spell on a shared host hits both sides of a pair instead of one figure.
-        pairs = []
-        for i in range(args.repeats):
-            first, second = (seed_cmd, ours_cmd) if i % 2 == 0 else (ours_cmd, seed_cmd)
-            a, b = last_json(first), last_json(second)
-            pairs.append((a, b) if i % 2 == 0 else (b, a))
+        pairs = [pair(seed_cmd, ours_cmd, flip=i % 2 == 1) for i in range(args.repeats)]
         seed = {"tokens_per_s": statistics.median(p[0]["tokens_per_s"] for p in pairs)}
         ours = {"tokens_per_s": statistics.median(p[1]["tokens_per_s"] for p in pairs)}
         pair_ratios = [p[1]["tokens_per_s"] / p[0]["tokens_per_s"] for p in pairs]
