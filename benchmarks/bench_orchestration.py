@@ -11,8 +11,8 @@ fresh subprocess with the copy as working directory and first on ``PYTHONPATH``,
 no outputs (``data/`` and ``reports/`` deleted):
 
 * ``direct``: ``rnn.corpus.ingest``, ``rnn.vocab.build_vocab``, ``rnn.partition.partition``,
-  ``rnn.train.train_model`` for each backend x variant, ``rnn.evaluate.evaluate_model`` for each,
-  ``rnn.report.build_report``, in that order, in one thread;
+  ``rnn.stages``' train for each backend x variant, evaluate for each, report, in that order,
+  in one thread;
 * ``flow``: ``flows.pipeline.pipeline()`` against a Prefect server started once for the
   benchmark with ``prefect server start`` (SQLite, private ``PREFECT_HOME``; its startup is
   reported, not counted), with the thread pool limited to one worker
@@ -65,29 +65,23 @@ TARGET_FLOW_EXTRA_S, TARGET_DVC_NOOP_S = 5.0, 3.0
 
 DIRECT_CHILD = """
 import json, time
+from pathlib import Path
 t0 = time.perf_counter()
-from rnn import paths
+from rnn import stages
 from rnn.config import load_params
-from rnn.corpus import ingest
-from rnn.evaluate import evaluate_model
-from rnn.partition import partition
-from rnn.report import build_report
-from rnn.train import train_model
-from rnn.vocab import build_vocab
+from rnn.workspace import Workspace
 t1 = time.perf_counter()
-p = load_params("params.yaml")
+ws = Workspace.at(Path.cwd())
+p = load_params(ws.params_file)
 runs = [(b, v) for b in p.train.backends for v in p.train.variants]
-ingest(p.ingest, paths.CORPUS)
-build_vocab(paths.CORPUS, p.vocab, paths.VOCAB_DIR)
-partition(paths.VOCAB_DIR / "ids.npy", p.partition, paths.PARTITION_DIR)
-metrics = paths.DATA / "metrics"
+stages.ingest_stage(ws, p)
+stages.vocab_stage(ws, p)
+stages.partition_stage(ws, p)
 for b, v in runs:
-    train_model(b, v, p, paths.PARTITION_DIR, paths.VOCAB_DIR, paths.model_dir(b, v),
-                metrics / paths.run_name(b, v), progress=False)
+    stages.train_stage(ws, p, b, v, progress=False)
 for b, v in runs:
-    evaluate_model(b, v, p, paths.model_dir(b, v), paths.PARTITION_DIR, paths.VOCAB_DIR,
-                   paths.eval_dir(b, v))
-build_report(runs, paths.REPORT_DIR, paths.MODELS_DIR, paths.EVAL_DIR, metrics)
+    stages.evaluate_stage(ws, p, b, v)
+stages.report_stage(ws, runs)
 t2 = time.perf_counter()
 print("RESULT " + json.dumps({"import_s": t1 - t0, "run_s": t2 - t1, "runs": len(runs)}))
 """

@@ -1,13 +1,32 @@
-"""Keep a flow run and `dvc repro` one pipeline: ask DVC which stages are stale before running,
-and record what the flow produced in dvc.lock afterwards (`dvc commit`)."""
+"""Keep a flow run and `dvc repro` one pipeline, and make the DVC remote and git the only stores
+runs share: ask DVC which stages are stale, restore a stage that any workspace already computed
+from the run-cache instead of recomputing it, record what the flow produced in dvc.lock (`dvc
+commit`), push outputs and run-cache, and record the run as a DVC experiment in git.
+
+Every function takes the workspace root; none relies on the process's current directory.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+SHARED_REMOTE = "shared"
+# What `dvc exp save` must carry beyond dvc.lock: the outputs DVC leaves to git (cache: false).
+EXPERIMENT_FILES = (
+    "dvc.lock",
+    "params.yaml",
+    "data/.gitignore",
+    "data/models/.gitignore",
+    "data/metrics",
+    "data/eval",
+    "reports",
+)
 
 
 def _dvc() -> list[str]:
@@ -15,25 +34,116 @@ def _dvc() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("dvc") or "dvc"]
 
 
-def in_dvc_repo(root: Path = Path()) -> bool:
+def in_dvc_repo(root: Path) -> bool:
     return (root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()
 
 
-def run_dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([*_dvc(), *args], capture_output=True, text=True, check=check)
+def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*_dvc(), *args], cwd=root, capture_output=True, text=True, check=check)
 
 
-def stale_stages() -> set[str]:
+def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=check)
+
+
+def stale_stages(root: Path) -> set[str]:
     """Stages `dvc repro` would run (changed deps, params or outputs); all-up-to-date -> empty."""
-    result = run_dvc("status", "--json")
+    result = run_dvc(root, "status", "--json")
     return set(json.loads(result.stdout or "{}"))
 
 
-def commit(stages: list[str]) -> None:
-    """Record the workspace's outputs of ``stages`` in dvc.lock, as `dvc repro` would have."""
+def commit(root: Path, stages: list[str]) -> None:
+    """Record the workspace's outputs of ``stages`` in dvc.lock (and the run-cache), as `dvc
+    repro` would have."""
     if stages:
-        run_dvc("commit", "--force", *stages)
+        run_dvc(root, "commit", "--force", *stages)
 
 
-def has_remote() -> bool:
-    return bool(run_dvc("remote", "list", check=False).stdout.strip())
+def has_remote(root: Path) -> bool:
+    return bool(run_dvc(root, "remote", "list", check=False).stdout.strip())
+
+
+def use_shared_remote(root: Path, url: str, endpoint: str | None = None) -> None:
+    """Point this workspace (only: `--local` config, not in git) at the shared remote ``url``.
+    Credentials stay in the environment (AWS_* for S3), never in any config file."""
+    run_dvc(root, "remote", "add", "--local", "--default", "--force", SHARED_REMOTE, url)
+    if endpoint:
+        run_dvc(root, "remote", "modify", "--local", SHARED_REMOTE, "endpointurl", endpoint)
+
+
+def fetch_run_cache(root: Path) -> bool:
+    """Bring the remote's run-cache entries (small records of stage runs, not their outputs)."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo, repo.lock:
+            repo.stage_cache.pull(None)
+        return True
+    except Exception as err:  # an unreachable remote: the run goes on, computing what it needs
+        logger.warning("could not fetch the run-cache: %s", err)
+        return False
+
+
+def restore(root: Path, stage: str) -> bool:
+    """Check out ``stage``'s outputs from the run-cache (pulling them from the remote) if any
+    workspace ran it with these very dependencies and parameters; False when none did."""
+    from dvc.repo import Repo
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    try:
+        with Repo(str(root)) as repo, repo.lock:
+            (target,) = repo.stage.collect(stage)
+            repo.stage_cache.restore(target, pull=has_remote(root))
+        return True
+    except RunCacheNotFoundError:
+        return False
+    except Exception as err:  # a missing object, an unreachable remote: compute it instead
+        logger.warning("could not restore %s from the run-cache: %s", stage, err)
+        return False
+
+
+def push(root: Path) -> str:
+    """Push every output in dvc.lock and the run-cache to the default remote, including the
+    outputs left to git (`cache: false`: metrics, evaluations, the report), which `dvc push
+    --run-cache` skips although the run-cache needs them to restore a stage elsewhere."""
+    from dvc.repo import Repo
+
+    result = run_dvc(root, "push", "--run-cache")
+    with Repo(str(root)) as repo, repo.lock:
+        uncached = set()
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                if not out.use_cache and out.hash_info and out.hash_info.value:
+                    uncached |= _objects(repo, out.hash_info)
+        # not DataCloud.push: its remote index counts a directory as pushed once its listing is
+        from dvc_data.hashfile.transfer import transfer
+
+        transfer(repo.cache.local, repo.cloud.get_remote_odb(None, "push"), uncached)
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    return lines[-1] if lines else "ok"
+
+
+def _objects(repo, hash_info) -> set:
+    """An object and, for a directory, every file object it lists."""
+    if not hash_info.isdir:
+        return {hash_info}
+    from dvc_data.hashfile.tree import Tree
+
+    tree = Tree.load(repo.cache.local, hash_info)
+    return {hash_info} | {child for _, _, child in tree if child is not None}
+
+
+def git_origin(root: Path) -> str | None:
+    result = git(root, "remote", "get-url", "origin", check=False)
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+def record_experiment(root: Path, name: str) -> None:
+    """Save the workspace as DVC experiment ``name`` (params, dvc.lock, metrics, report) and push
+    it to git ``origin`` (outputs go to the DVC remote), where every machine can list it."""
+    if not git(root, "config", "user.email", check=False).stdout.strip():
+        git(root, "config", "user.email", "rnn-pipeline@localhost")
+        git(root, "config", "user.name", "rnn-pipeline")
+    include = [arg for f in EXPERIMENT_FILES if (root / f).exists() for arg in ("-I", f)]
+    run_dvc(root, "exp", "save", "--force", "--name", name, *include)
+    run_dvc(root, "exp", "push", "--force", "origin", name)

@@ -1,23 +1,33 @@
 """The pipeline flow: ingest -> vocabulary -> partition -> train every backend x variant
 concurrently -> evaluate -> report, with the report published as Prefect artifacts.
 
-Parameters default to params.yaml. In a DVC repository, with the parameters of params.yaml, the
-flow runs only the stages DVC reports stale and commits its outputs to dvc.lock, so `dvc repro`
-afterwards has nothing to do, and the flow after `dvc repro` reuses its results.
+Each run holds its workspace (a second run there fails at once, naming this one). Its
+parameters become the workspace's params.yaml; in a DVC repository the flow runs only the stages
+DVC reports stale, restores from the run-cache (local, and the shared remote's) any stage some
+workspace already ran with the same inputs, commits its outputs to dvc.lock (so `dvc repro`
+afterwards has nothing to do, and the flow after `dvc repro` reuses its results), pushes outputs,
+run-cache and training checkpoints to the remote, and records the run as a DVC experiment in
+git origin, where any machine can list, compare and restore it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
+from prefect.runtime import flow_run
 
+import rnn
 from flows import dvc_sync
-from rnn import paths
+from rnn.atomic import atomic_path
 from rnn.config import Params, load_params, validate_params
+from rnn.lock import workspace_lock
+from rnn.workspace import Workspace, run_name
 from tasks.caching import with_outputs
 from tasks.stages import (
     evaluate_task,
@@ -28,21 +38,31 @@ from tasks.stages import (
     vocab_task,
 )
 
+REMOTE_ENV, ENDPOINT_ENV = "RNN_DVC_REMOTE", "RNN_DVC_REMOTE_ENDPOINT"
 
-def resolve_params(params_file: str, overrides: dict[str, Any] | None) -> tuple[Params, bool]:
-    """params.yaml with ``overrides`` (a nested dict, e.g. {"train": {"lr": 0.5}}) merged in;
-    also says whether the result equals the file (only then is dvc.lock kept in step)."""
-    base = load_params(params_file)
-    if not overrides:
-        return base, True
-    merged = base.model_dump()
-    for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(merged.get(section), dict):
-            merged[section].update(values)
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` (a nested dict, e.g. {"train": {"lr": 0.5}}) merged into ``base``."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
         else:
-            merged[section] = values
-    params = validate_params(merged, "flow parameters")
-    return params, params == base
+            merged[key] = value
+    return merged
+
+
+def adopt_params(ws: Workspace, params_file: str, overrides: dict[str, Any] | None) -> Params:
+    """This run's parameters: ``params_file`` (relative to the workspace) with ``overrides``.
+    They become the workspace's params.yaml, as `dvc exp run -S` does, so that DVC tracks, caches
+    and records the run like `dvc repro` with those parameters; invalid ones change nothing."""
+    source = ws.resolve(params_file)
+    base = load_params(source)
+    params = validate_params(merge(base.model_dump(), overrides or {}), "flow parameters")
+    if source != ws.params_file or params != base:
+        with atomic_path(ws.params_file) as tmp:
+            tmp.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+    return params
 
 
 def downstream(stale: set[str], stages: dict[str, list[str]]) -> set[str]:
@@ -61,8 +81,44 @@ def downstream(stale: set[str], stages: dict[str, list[str]]) -> set[str]:
 
 
 def _stage_names(runs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    names = [paths.run_name(b, v) for b, v in runs]
+    names = [run_name(b, v) for b, v in runs]
     return {"train": [f"train@{n}" for n in names], "evaluate": [f"evaluate@{n}" for n in names]}
+
+
+def connect_remote(ws: Workspace) -> bool:
+    """Point the workspace at the pool's shared DVC remote when the machine names one
+    (RNN_DVC_REMOTE, optionally RNN_DVC_REMOTE_ENDPOINT for S3-compatible servers); without it,
+    the repository's own default remote. True when the workspace has a remote."""
+    url = os.environ.get(REMOTE_ENV)
+    if url:
+        dvc_sync.use_shared_remote(ws.root, url, os.environ.get(ENDPOINT_ENV))
+    return dvc_sync.has_remote(ws.root)
+
+
+class Stages:
+    """Runs the pipeline's stages in one workspace the way `dvc repro` would: only stale ones,
+    and a stale one that any workspace already computed is restored from the run-cache."""
+
+    def __init__(self, ws: Workspace, stale: set[str] | None) -> None:
+        self.ws, self.stale = ws, stale
+        self.restored: list[str] = []
+
+    def needs_work(self, stage: str) -> bool:
+        return self.stale is not None and stage in self.stale
+
+    def reuse(self, stage: str) -> bool:
+        """True when the outputs on disk are current: up to date, or just restored."""
+        if self.stale is None:
+            return False
+        if stage not in self.stale:
+            return True
+        if dvc_sync.restore(self.ws.root, stage):
+            self.restored.append(stage)
+            return True
+        return False
+
+    def runnable(self, task, stage: str, *outputs):
+        return with_outputs(task, *outputs, stale=self.needs_work(stage))
 
 
 @flow(name="rnn-pipeline", persist_result=True, result_serializer="json", log_prints=True)
@@ -71,81 +127,94 @@ def pipeline(
     backend: str | None = None,
     variant: str | None = None,
     overrides: dict[str, Any] | None = None,
+    workdir: str | None = None,
+    record: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole pipeline. ``backend``/``variant`` restrict the fan-out to one of each."""
+    """Run the whole pipeline in one workspace (``workdir``, default: the current directory,
+    which a deployment run's pull steps make a fresh clone). ``backend``/``variant`` restrict the
+    fan-out to one of each; ``record`` saves the run as a DVC experiment pushed to git origin."""
+    ws = Workspace.at(workdir or Path.cwd())
+    with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
+        return _pipeline(ws, params_file, backend, variant, overrides, record)
+
+
+def _pipeline(
+    ws: Workspace,
+    params_file: str,
+    backend: str | None,
+    variant: str | None,
+    overrides: dict[str, Any] | None,
+    record: bool,
+) -> dict[str, Any]:
     logger = get_run_logger()
-    params, is_file_params = resolve_params(params_file, overrides)
+    params = adopt_params(ws, params_file, overrides)
     backends = [backend] if backend else list(params.train.backends)
     variants = [variant] if variant else list(params.train.variants)
     runs = [(b, v) for b in backends for v in variants]
-    tracked = dvc_sync.in_dvc_repo() and is_file_params
-    stages = _stage_names(runs)
-    stale = downstream(dvc_sync.stale_stages(), stages) if tracked else None
+    full_grid = set(runs) == {(b, v) for b in params.train.backends for v in params.train.variants}
+    tracked = dvc_sync.in_dvc_repo(ws.root)
+    shared = tracked and connect_remote(ws)
+    if shared:
+        dvc_sync.fetch_run_cache(ws.root)
+    names = _stage_names(runs)
+    plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), names) if tracked else None)
+    logger.info("workspace %s; code %s", ws.root, Path(rnn.__file__).parent)
 
-    def reuse(stage: str) -> bool:
-        return stale is not None and stage not in stale
-
-    def runnable(task, stage: str, *outputs):
-        return with_outputs(task, *outputs, stale=stale is not None and stage in stale)
-
-    pdict = params.model_dump()
-    local = None if params.ingest.is_url else params.ingest.source
-    runnable(ingest_task, "ingest", paths.CORPUS)(
-        pdict["ingest"], str(paths.CORPUS), local, reuse=reuse("ingest")
-    )
-    runnable(vocab_task, "vocab", paths.VOCAB_DIR)(
-        pdict["vocab"], str(paths.CORPUS), str(paths.VOCAB_DIR), reuse=reuse("vocab")
-    )
-    runnable(partition_task, "partition", paths.PARTITION_DIR)(
-        pdict["partition"],
-        str(paths.VOCAB_DIR / "ids.npy"),
-        str(paths.PARTITION_DIR),
-        reuse=reuse("partition"),
+    pdict, root = params.model_dump(), str(ws.root)
+    plan.runnable(ingest_task, "ingest", ws.corpus)(root, pdict, reuse=plan.reuse("ingest"))
+    plan.runnable(vocab_task, "vocab", ws.vocab)(root, pdict, reuse=plan.reuse("vocab"))
+    plan.runnable(partition_task, "partition", ws.partition)(
+        root, pdict, reuse=plan.reuse("partition")
     )
     trained = [
-        runnable(train_task, stage, paths.model_dir(b, v)).submit(
-            b,
-            v,
-            pdict,
-            str(paths.PARTITION_DIR),
-            str(paths.VOCAB_DIR),
-            str(paths.model_dir(b, v)),
-            str(paths.DATA / "metrics" / paths.run_name(b, v)),
-            reuse=reuse(stage),
+        plan.runnable(train_task, stage, ws.model(b, v)).submit(
+            root, pdict, b, v, share_checkpoints=shared, reuse=plan.reuse(stage)
         )
-        for (b, v), stage in zip(runs, stages["train"], strict=True)
+        for (b, v), stage in zip(runs, names["train"], strict=True)
     ]
-    evaluated = [
-        runnable(evaluate_task, stage, paths.eval_dir(b, v)).submit(
-            b,
-            v,
-            pdict,
-            str(paths.model_dir(b, v)),
-            str(paths.PARTITION_DIR),
-            str(paths.VOCAB_DIR),
-            str(paths.eval_dir(b, v)),
-            reuse=reuse(stage),
-            wait_for=[t],
+    evaluated = []
+    for (b, v), stage, t in zip(runs, names["evaluate"], trained, strict=True):
+        t.wait()  # its model must be on disk before the run-cache can match the evaluation
+        evaluated.append(
+            plan.runnable(evaluate_task, stage, ws.eval_of(b, v)).submit(
+                root, pdict, b, v, reuse=plan.reuse(stage), wait_for=[t]
+            )
         )
-        for (b, v), stage, t in zip(runs, stages["evaluate"], trained, strict=True)
-    ]
     wait(evaluated)
     evals = [e.result() for e in evaluated]
-    rows = report_task(
-        runs,
-        str(paths.REPORT_DIR),
-        str(paths.MODELS_DIR),
-        str(paths.EVAL_DIR),
-        str(paths.DATA / "metrics"),
-    )
+    trained_now = [t.result()["run"] for t in trained if not t.result().get("reused")]
+    if full_grid:
+        plan.reuse("report")  # restores it where the run-cache has it; rewriting is the same
+    rows = report_task(root, runs)
     publish(rows, evals)
-    if tracked and set(runs) == {
-        (b, v) for b in params.train.backends for v in params.train.variants
-    }:
-        done = ["ingest", "vocab", "partition", *stages["train"], *stages["evaluate"], "report"]
-        dvc_sync.commit([s for s in done if s in stale])
-        logger.info("dvc.lock updated for %d stages", len([s for s in done if s in stale]))
-    return {"runs": [r["run"] for r in rows], "report": rows}
+    result: dict[str, Any] = {
+        "runs": [r["run"] for r in rows],
+        "report": rows,
+        "workspace": root,
+        "code": str(Path(rnn.__file__).parent),
+        "trained": trained_now,
+        "training": [t.result() for t in trained],
+        "restored": plan.restored,
+        "experiment": None,
+    }
+    if tracked:
+        done = ["ingest", "vocab", "partition", *names["train"], *names["evaluate"]]
+        done += ["report"] if full_grid else []  # a partial report is not the stage's output
+        ran = [s for s in done if plan.needs_work(s)]
+        dvc_sync.commit(ws.root, ran)
+        logger.info("dvc.lock updated for %d stages", len(ran))
+        if shared:
+            logger.info("dvc push: %s", dvc_sync.push(ws.root))
+        if record and shared and dvc_sync.git_origin(ws.root):
+            result["experiment"] = experiment_name()
+            dvc_sync.record_experiment(ws.root, result["experiment"])
+            logger.info("recorded as experiment %s in git origin", result["experiment"])
+    return result
+
+
+def experiment_name() -> str:
+    """The flow run's name and id: readable, and unique across every machine's runs."""
+    return f"{flow_run.name}-{str(flow_run.id)[:8]}"
 
 
 def publish(rows: list[dict], evals: list[dict]) -> None:
@@ -182,4 +251,4 @@ def publish(rows: list[dict], evals: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    pipeline(str(Path("params.yaml")))
+    pipeline()

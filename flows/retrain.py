@@ -11,13 +11,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 
 from flows import dvc_sync
-from flows.pipeline import pipeline
-from rnn import paths
+from flows.pipeline import connect_remote, pipeline
 from rnn.atomic import atomic_dir
-
-PROMOTED = paths.DATA / "promoted"
+from rnn.lock import workspace_lock
+from rnn.workspace import Workspace
 
 
 def held_out_perplexity(eval_record: dict) -> float:
@@ -26,10 +26,10 @@ def held_out_perplexity(eval_record: dict) -> float:
     return ppl.get("valid", ppl["train"])
 
 
-def promote_if_no_worse(run: str) -> dict[str, Any]:
-    candidate = json.loads((paths.EVAL_DIR / run / "eval.json").read_text())
+def promote_if_no_worse(ws: Workspace, run: str) -> dict[str, Any]:
+    candidate = json.loads((ws.evals / run / "eval.json").read_text())
     new = held_out_perplexity(candidate)
-    current_file = PROMOTED / run / "eval.json"
+    current_file = ws.promoted / run / "eval.json"
     old = (
         held_out_perplexity(json.loads(current_file.read_text()))
         if current_file.is_file()
@@ -37,9 +37,9 @@ def promote_if_no_worse(run: str) -> dict[str, Any]:
     )
     promote = old is None or new <= old
     if promote:
-        with atomic_dir(PROMOTED / run) as tmp:
-            shutil.copytree(paths.MODELS_DIR / run, tmp, dirs_exist_ok=True)
-            shutil.copy2(paths.EVAL_DIR / run / "eval.json", tmp / "eval.json")
+        with atomic_dir(ws.promoted / run) as tmp:
+            shutil.copytree(ws.models / run, tmp, dirs_exist_ok=True)
+            shutil.copy2(ws.evals / run / "eval.json", tmp / "eval.json")
     return {
         "run": run,
         "candidate ppl": round(new, 4),
@@ -49,17 +49,18 @@ def promote_if_no_worse(run: str) -> dict[str, Any]:
 
 
 @flow(name="rnn-retrain", persist_result=True, result_serializer="json", log_prints=True)
-def retrain(params_file: str = "params.yaml", backend: str | None = None) -> dict[str, Any]:
+def retrain(
+    params_file: str = "params.yaml", backend: str | None = None, workdir: str | None = None
+) -> dict[str, Any]:
     logger = get_run_logger()
-    remote = dvc_sync.in_dvc_repo() and dvc_sync.has_remote()
-    if remote:
-        pulled = dvc_sync.run_dvc("pull", "--allow-missing", check=False)
-        logger.info("dvc pull: %s", (pulled.stdout or pulled.stderr).strip()[-200:] or "ok")
-    result = pipeline(params_file=params_file, backend=backend)
-    decisions = [promote_if_no_worse(run) for run in result["runs"]]
-    if remote:
-        pushed = dvc_sync.run_dvc("push", check=False)
-        logger.info("dvc push: %s", (pushed.stdout or pushed.stderr).strip()[-200:] or "ok")
+    ws = Workspace.at(workdir or Path.cwd())
+    with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
+        remote = dvc_sync.in_dvc_repo(ws.root) and connect_remote(ws)
+        if remote:
+            pulled = dvc_sync.run_dvc(ws.root, "pull", "--allow-missing", check=False)
+            logger.info("dvc pull: %s", (pulled.stdout or pulled.stderr).strip()[-200:] or "ok")
+        result = pipeline(params_file=params_file, backend=backend, workdir=str(ws.root))
+        decisions = [promote_if_no_worse(ws, run) for run in result["runs"]]
     create_table_artifact(
         key="rnn-promotion",
         table=decisions,
@@ -69,4 +70,4 @@ def retrain(params_file: str = "params.yaml", backend: str | None = None) -> dic
 
 
 if __name__ == "__main__":
-    retrain(str(Path("params.yaml")))
+    retrain()

@@ -3,19 +3,22 @@ stage functions, so the three entry points cannot drift."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from rnn import paths
-from rnn.config import DEFAULT_PARAMS, load_params
+from rnn import stages
+from rnn.config import Params, load_params
 from rnn.errors import PipelineError
+from rnn.lock import workspace_lock
+from rnn.workspace import Workspace, run_name
 
 app = typer.Typer(
     help="Train and compare RNN language models: each subcommand is one pipeline stage.",
@@ -24,7 +27,19 @@ app = typer.Typer(
     add_completion=False,
 )
 F = TypeVar("F", bound=Callable[..., Any])
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="parameter file")]
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", "-p", help="parameter file [default: WORKDIR/params.yaml]"),
+]
+WorkdirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--workdir",
+        "-w",
+        help="the run's workspace: params.yaml, data/ and reports/ [default: current directory]",
+        file_okay=False,
+    ),
+]
 
 
 def one_line_errors(func: F) -> F:
@@ -46,22 +61,35 @@ def echo_summary(summary: Any) -> None:
     typer.echo(json.dumps(data, sort_keys=True, default=str))
 
 
+def open_workspace(workdir: Path | None, params: Path | None) -> tuple[Workspace, Params]:
+    """The workspace (default: the current directory) and its validated parameters."""
+    ws = Workspace.at(workdir if workdir is not None else Path.cwd())
+    if workdir is not None and not ws.root.is_dir():
+        raise PipelineError(f"workspace {workdir} is not a directory", "create it or fix --workdir")
+    return ws, load_params(params if params is not None else ws.params_file)
+
+
+@contextlib.contextmanager
+def writing(ws: Workspace, what: str) -> Iterator[None]:
+    """Hold the workspace for this command, so a concurrent run cannot mix outputs with it."""
+    with workspace_lock(ws, f"`rnn {what}`"):
+        yield
+
+
 @app.command()
 @one_line_errors
-def ingest(
-    params: ParamsOpt = DEFAULT_PARAMS,
-    out: Annotated[Path, typer.Option(help="Parquet file to write")] = paths.CORPUS,
-) -> None:
-    """Fetch or read the source text, strip Gutenberg boilerplate, normalise, write Parquet."""
-    from rnn.corpus import ingest as run
-
-    echo_summary(run(load_params(params).ingest, out))
+def ingest(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Fetch or read the source text, strip Gutenberg boilerplate, normalise: data/corpus.parquet."""
+    ws, cfg = open_workspace(workdir, params)
+    with writing(ws, "ingest"):
+        echo_summary(stages.ingest_stage(ws, cfg))
 
 
 @app.command()
 @one_line_errors
 def fetch(
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
     from_file: Annotated[
         Path | None, typer.Option(help="seed the download cache with this verified local copy")
     ] = None,
@@ -69,7 +97,8 @@ def fetch(
     """Download the URL source into the cache (or seed the cache from a local copy)."""
     from rnn.fetch import download, seed_cache
 
-    cfg = load_params(params).ingest
+    ws, loaded = open_workspace(workdir, params)
+    cfg = stages.rooted_ingest(loaded.ingest, ws)
     if not cfg.is_url:
         raise PipelineError(f"ingest.source {cfg.source} is not a URL", "nothing to fetch")
     path = seed_cache(cfg, from_file) if from_file else download(cfg)
@@ -78,34 +107,20 @@ def fetch(
 
 @app.command()
 @one_line_errors
-def vocab(
-    params: ParamsOpt = DEFAULT_PARAMS,
-    corpus: Annotated[Path, typer.Option(help="Parquet corpus from `rnn ingest`")] = paths.CORPUS,
-    out: Annotated[Path, typer.Option(help="directory for vocab.json and ids.npy")] = (
-        paths.VOCAB_DIR
-    ),
-) -> None:
-    """Build the vocabulary and encode the corpus as integer ids."""
-    from rnn.vocab import build_vocab
-
-    echo_summary(build_vocab(corpus, load_params(params).vocab, out))
+def vocab(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Build the vocabulary and encode the corpus as integer ids: data/vocab/."""
+    ws, cfg = open_workspace(workdir, params)
+    with writing(ws, "vocab"):
+        echo_summary(stages.vocab_stage(ws, cfg))
 
 
 @app.command()
 @one_line_errors
-def partition(
-    params: ParamsOpt = DEFAULT_PARAMS,
-    ids: Annotated[Path, typer.Option(help="directory or ids.npy from `rnn vocab`")] = (
-        paths.VOCAB_DIR
-    ),
-    out: Annotated[Path, typer.Option(help="directory for the split files")] = (
-        paths.PARTITION_DIR
-    ),
-) -> None:
-    """Split the encoded corpus into contiguous train/valid/test parts."""
-    from rnn.partition import partition as run
-
-    echo_summary(run(ids, load_params(params).partition, out))
+def partition(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Split the encoded corpus into contiguous train/valid/test parts: data/partition/."""
+    ws, cfg = open_workspace(workdir, params)
+    with writing(ws, "partition"):
+        echo_summary(stages.partition_stage(ws, cfg))
 
 
 Backend = Annotated[str, typer.Option("--backend", "-b", help="torch | tf")]
@@ -117,65 +132,45 @@ Variant = Annotated[str, typer.Option("--variant", "-v", help="scratch | concise
 def train(
     backend: Backend,
     variant: Variant,
-    params: ParamsOpt = DEFAULT_PARAMS,
-    partition_dir: Annotated[Path, typer.Option(help="splits from `rnn partition`")] = (
-        paths.PARTITION_DIR
-    ),
-    vocab_dir: Annotated[Path, typer.Option(help="vocabulary from `rnn vocab`")] = paths.VOCAB_DIR,
-    out: Annotated[Path | None, typer.Option(help="model directory")] = None,
-    metrics: Annotated[Path | None, typer.Option(help="dvclive metrics directory")] = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
     epoch_budget: Annotated[
         int | None, typer.Option(help="stop after this many epochs; resume later")
     ] = None,
 ) -> None:
     """Train one backend x variant (resuming from its latest checkpoint if there is one)."""
-    from rnn.train import train_model
-
-    echo_summary(
-        train_model(
-            backend,
-            variant,
-            load_params(params),
-            partition_dir,
-            vocab_dir,
-            out,
-            metrics,
-            epoch_budget=epoch_budget,
-        )
-    )
+    ws, cfg = open_workspace(workdir, params)
+    with writing(ws, f"train {run_name(backend, variant)}"):
+        echo_summary(stages.train_stage(ws, cfg, backend, variant, epoch_budget=epoch_budget))
 
 
 @app.command()
 @one_line_errors
 def evaluate(
-    backend: Backend,
-    variant: Variant,
-    params: ParamsOpt = DEFAULT_PARAMS,
-    model: Annotated[Path | None, typer.Option(help="model directory from `rnn train`")] = None,
-    partition_dir: Annotated[Path, typer.Option()] = paths.PARTITION_DIR,
-    vocab_dir: Annotated[Path, typer.Option()] = paths.VOCAB_DIR,
-    out: Annotated[Path | None, typer.Option(help="directory for eval.json")] = None,
+    backend: Backend, variant: Variant, params: ParamsOpt = None, workdir: WorkdirOpt = None
 ) -> None:
-    """Perplexity on each split and generated samples for one trained run."""
-    from rnn.evaluate import evaluate_model
-
-    echo_summary(
-        evaluate_model(backend, variant, load_params(params), model, partition_dir, vocab_dir, out)
-    )
+    """Perplexity on each split and generated samples for one trained run: data/eval/."""
+    ws, cfg = open_workspace(workdir, params)
+    with writing(ws, f"evaluate {run_name(backend, variant)}"):
+        echo_summary(stages.evaluate_stage(ws, cfg, backend, variant))
 
 
 @app.command()
 @one_line_errors
 def report(
-    params: ParamsOpt = DEFAULT_PARAMS,
-    out: Annotated[Path, typer.Option(help="report directory")] = paths.REPORT_DIR,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="report directory [default: WORKDIR/reports]")
+    ] = None,
 ) -> None:
     """Compare every trained backend x variant: markdown table, JSON and perplexity curves."""
-    from rnn.report import build_report
-
-    cfg = load_params(params).train
-    build_report([(b, v) for b in cfg.backends for v in cfg.variants], out)
-    typer.echo((out / "report.md").read_text())
+    ws, cfg = open_workspace(workdir, params)
+    runs = [(b, v) for b in cfg.train.backends for v in cfg.train.variants]
+    target = out or ws.reports
+    with writing(ws, "report"):
+        stages.report_stage(ws, runs, target)
+    typer.echo((target / "report.md").read_text())
 
 
 @app.command()
@@ -188,27 +183,24 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy argmax")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0, help="sample among the k likeliest; 0 = all")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
-    params: ParamsOpt = DEFAULT_PARAMS,
-    model: Annotated[Path | None, typer.Option(help="model directory")] = None,
-    vocab_dir: Annotated[Path, typer.Option()] = paths.VOCAB_DIR,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
 ) -> None:
     """Generate text from a trained model, greedy or sampled."""
     from rnn.evaluate import generate_text, load_trained
     from rnn.vocab import Vocab
 
-    loaded = load_params(params)
-    vocab = Vocab.load(vocab_dir)
-    engine = load_trained(
-        backend, variant, loaded, model or paths.model_dir(backend, variant), vocab
-    )
+    ws, loaded = open_workspace(workdir, params)
+    vocab = Vocab.load(ws.vocab)
+    engine = load_trained(backend, variant, loaded, ws.model(backend, variant), vocab)
     typer.echo(generate_text(engine, vocab, prefix, num_preds, temperature, top_k, seed))
 
 
 @app.command("params")
 @one_line_errors
-def show_params(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+def show_params(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
     """Validate the parameter file and print it with every default filled in."""
-    typer.echo(json.dumps(load_params(params).model_dump(), indent=2))
+    typer.echo(json.dumps(open_workspace(workdir, params)[1].model_dump(), indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry point

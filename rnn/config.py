@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rnn.errors import PipelineError
 
-DEFAULT_PARAMS = Path("params.yaml")
 TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 
@@ -157,13 +156,13 @@ def validate_params(raw: dict[str, Any], where: str = "params") -> Params:
         ) from None
 
 
-def load_params(path: str | os.PathLike[str] = DEFAULT_PARAMS) -> Params:
+def load_params(path: str | os.PathLike[str]) -> Params:
     """Read and validate a params file; every failure is a one-line ``PipelineError``."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(
             f"parameter file {path} not found",
-            "run from the project root or pass --params PATH",
+            "run in the project (or pass --workdir DIR, the directory with params.yaml) or pass --params PATH",
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -142,9 +142,11 @@ class _CorpusWriter:
         self._writer.write_table(pa.Table.from_arrays([column], schema=_SCHEMA))
 
 
-def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
-    """Read the source, clean it and write ``out`` (Parquet); nothing is written on error."""
-    files = resolve_source(cfg)
+def ingest(cfg: IngestConfig, out: str | Path, root: str | Path = "") -> IngestSummary:
+    """Read the source, clean it and write ``out`` (Parquet); nothing is written on error. A
+    relative local source is relative to ``root`` and recorded so (the same on every machine)."""
+    root = Path(root)
+    files = resolve_source(cfg, root)
     file_records = []
     # hashlib and most NumPy work release the GIL: the source is hashed on one thread while it is
     # cleaned on others, and each cleaned piece is hashed and written while later ones are cleaned.
@@ -155,7 +157,7 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
     ):
         for path in files:
             data = path.read_bytes()
-            name = cfg.source if cfg.is_url else str(path)
+            name = cfg.source if cfg.is_url else _recorded_name(path, root)
             if not cfg.is_url and len(files) == 1:
                 _verify_local_checksum(cfg, path, data)
             digest = hasher.submit(_digest, data, "sha256")
@@ -189,6 +191,17 @@ def ingest(cfg: IngestConfig, out: str | Path) -> IngestSummary:
         normalization=cfg.normalization,
         files=len(files),
     )
+
+
+def _recorded_name(path: Path, root: Path) -> str:
+    """A file's name in the provenance: relative to the workspace when inside it, so the corpus
+    hashes the same in every checkout."""
+    if not path.is_absolute() or not root.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _require_corpus(path: str | Path) -> Path:

@@ -6,7 +6,6 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rnn import paths
 from rnn.atomic import atomic_path
 from rnn.config import Params
 from rnn.engine import make_engine
@@ -15,6 +14,7 @@ from rnn.partition import SPLITS, evaluation_minibatches, load_split
 from rnn.record import WEIGHTS_FILE, read_record
 from rnn.train import perplexity
 from rnn.vocab import Vocab
+from rnn.workspace import run_name
 
 EVAL_FILE = "eval.json"
 
@@ -75,14 +75,13 @@ def evaluate_model(
     backend: str,
     variant: str,
     params: Params,
-    model_dir: str | Path | None = None,
-    partition_dir: str | Path = paths.PARTITION_DIR,
-    vocab_dir: str | Path = paths.VOCAB_DIR,
-    out_dir: str | Path | None = None,
+    model_dir: str | Path,
+    partition_dir: str | Path,
+    vocab_dir: str | Path,
+    out_dir: str | Path,
 ) -> EvalSummary:
-    name = paths.run_name(backend, variant)
-    model_dir = Path(model_dir or paths.model_dir(backend, variant))
-    out_dir = Path(out_dir or paths.eval_dir(backend, variant))
+    name = run_name(backend, variant)
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
     vocab = Vocab.load(vocab_dir)
     engine = load_trained(backend, variant, params, model_dir, vocab)
     pcfg = params.partition

@@ -82,9 +82,10 @@ def seed_cache(cfg: IngestConfig, local_file: Path) -> Path:
     return target
 
 
-def local_files(source: str) -> list[Path]:
-    """A file, every regular file in a directory (sorted, recursive), or the matches of a glob."""
-    path = Path(source)
+def local_files(source: str, root: Path) -> list[Path]:
+    """A file, every regular file in a directory (sorted, recursive), or the matches of a glob;
+    a relative ``source`` is relative to ``root`` (the workspace)."""
+    path = root / source
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -93,7 +94,8 @@ def local_files(source: str) -> list[Path]:
             raise PipelineError(f"directory {source} holds no files", "add text files to it")
         return files
     if glob.has_magic(source):
-        files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        matches = (root / p for p in glob.glob(source, root_dir=root, recursive=True))
+        files = sorted(p for p in matches if p.is_file())
         if not files:
             raise PipelineError(f"pattern {source} matches no files", "check the glob pattern")
         return files
@@ -103,5 +105,5 @@ def local_files(source: str) -> list[Path]:
     )
 
 
-def resolve_source(cfg: IngestConfig) -> list[Path]:
-    return [download(cfg)] if cfg.is_url else local_files(cfg.source)
+def resolve_source(cfg: IngestConfig, root: Path) -> list[Path]:
+    return [download(cfg)] if cfg.is_url else local_files(cfg.source, root)

@@ -1,4 +1,5 @@
-"""A rich progress bar over epochs on a terminal; silent when output is not a terminal (CI, DVC)."""
+"""Training progress: a rich bar over epochs on a terminal, one plain line per epoch elsewhere
+(CI, DVC, a worker's log), so a run's progress is visible wherever its output goes."""
 
 from __future__ import annotations
 
@@ -10,13 +11,26 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
+def epoch_line(name: str, row: dict, total: int) -> str:
+    line = (
+        f"{name} epoch {row['epoch']}/{total}: train ppl {row['train/perplexity']:.3f}, "
+        f"{row['train/tokens_per_s']:,.0f} tokens/s"
+    )
+    if "valid/perplexity" in row:
+        line += f", valid ppl {row['valid/perplexity']:.3f}"
+    return line
+
+
 @contextlib.contextmanager
 def epoch_progress(
     name: str, total: int, done: int, enabled: bool = True
 ) -> Iterator[Callable[[dict], None]]:
     console = Console(file=sys.stderr)
-    if not (enabled and console.is_terminal):
+    if not enabled:
         yield lambda row: None
+        return
+    if not console.is_terminal:
+        yield lambda row: print(epoch_line(name, row, total), file=sys.stderr, flush=True)
         return
     columns = (
         TextColumn("[bold]{task.description}"),

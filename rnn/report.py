@@ -7,12 +7,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnn import paths
 from rnn.atomic import atomic_dir
 from rnn.evaluate import read_eval
 from rnn.record import read_record
 
 REPORT_MD, REPORT_JSON, CURVES_PNG = "report.md", "report.json", "perplexity.png"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one compared run's record, evaluation and metrics are; ``run`` labels its row."""
+
+    run: str
+    model_dir: Path
+    eval_dir: Path
+    metrics_dir: Path
 
 
 @dataclass(frozen=True)
@@ -100,17 +109,11 @@ def plot_curves(runs: dict[str, Path], out: Path) -> None:
     plt.close(fig)
 
 
-def build_report(
-    runs: list[tuple[str, str]],
-    out_dir: str | Path = paths.REPORT_DIR,
-    models_root: Path = paths.MODELS_DIR,
-    eval_root: Path = paths.EVAL_DIR,
-    metrics_root: Path = paths.DATA / "metrics",
-) -> list[ReportRow]:
-    names = [paths.run_name(b, v) for b, v in runs]
-    rows = [collect_row(n, models_root / n, eval_root / n, metrics_root / n) for n in names]
+def build_report(runs: list[RunFiles], out_dir: str | Path) -> list[ReportRow]:
+    """Compare ``runs`` (one workspace's, or recorded runs gathered from anywhere)."""
+    rows = [collect_row(r.run, r.model_dir, r.eval_dir, r.metrics_dir) for r in runs]
     with atomic_dir(out_dir) as tmp:
         (tmp / REPORT_MD).write_text("# RNN language models compared\n\n" + markdown_table(rows))
         (tmp / REPORT_JSON).write_text(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
-        plot_curves({n: metrics_root / n for n in names}, tmp / CURVES_PNG)
+        plot_curves({r.run: r.metrics_dir for r in runs}, tmp / CURVES_PNG)
     return rows

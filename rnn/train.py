@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from rnn import paths
 from rnn.atomic import atomic_dir, atomic_path
 from rnn.config import Params
 from rnn.engine import make_engine
@@ -25,12 +26,27 @@ from rnn.partition import epoch_minibatches, evaluation_minibatches, load_split,
 from rnn.progress import epoch_progress
 from rnn.record import RECORD_FILE, WEIGHTS_FILE, file_sha256, fingerprint, library_versions
 from rnn.vocab import VOCAB_FILE, Vocab
+from rnn.workspace import run_name
 
 # The ingest keys that decide the corpus's content (the rest: download and checksum settings).
 DATA_INGEST_KEYS = ("source", "normalization", "strip_gutenberg", "encoding")
 
 CHECKPOINT = "checkpoint.safetensors"
 HISTORY = "checkpoint.json"
+
+
+class CheckpointSync(Protocol):
+    """A store that checkpoints are shared through, keyed by the run's fingerprint, so that a
+    training interrupted in one workspace resumes in another (the flows' DVC-remote store)."""
+
+    def fetch(self, key: str, ckpt_dir: Path) -> None:
+        """Bring the store's checkpoint for ``key`` into ``ckpt_dir`` if it is further along."""
+
+    def push(self, key: str, ckpt_dir: Path) -> None:
+        """Publish ``ckpt_dir``'s checkpoint under ``key``."""
+
+
+EpochCallback = Callable[[str, dict, int], None]  # (run, the epoch's row, epochs in all)
 
 
 @dataclass(frozen=True)
@@ -62,13 +78,25 @@ def _load_checkpoint(engine, ckpt_dir: Path, run_fp: str) -> list[dict]:
     return saved["history"]
 
 
-def _save_checkpoint(engine, ckpt_dir: Path, run_fp: str, history: list[dict]) -> None:
+def _save_checkpoint(
+    engine, ckpt_dir: Path, run_fp: str, history: list[dict], sync: CheckpointSync | None
+) -> None:
     with atomic_path(ckpt_dir / CHECKPOINT) as tmp:
         engine.save(tmp, metadata={"epoch": str(len(history)), "fingerprint": run_fp})
         digest = file_sha256(tmp)
     payload = {"fingerprint": run_fp, "weights_sha256": digest, "history": history}
     with atomic_path(ckpt_dir / HISTORY) as tmp:
         tmp.write_text(json.dumps(payload, indent=1))
+    if sync is not None:
+        sync.push(run_fp, ckpt_dir)
+
+
+def checkpoint_epochs(ckpt_dir: Path) -> int:
+    """How many epochs the checkpoint in ``ckpt_dir`` holds (0: none, or unreadable)."""
+    try:
+        return len(json.loads((Path(ckpt_dir) / HISTORY).read_text())["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _log_metrics(metrics_dir: Path, history: list[dict]) -> None:
@@ -87,21 +115,23 @@ def train_model(
     backend: str,
     variant: str,
     params: Params,
-    partition_dir: str | Path = paths.PARTITION_DIR,
-    vocab_dir: str | Path = paths.VOCAB_DIR,
-    model_dir: str | Path | None = None,
-    metrics_dir: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
+    partition_dir: str | Path,
+    vocab_dir: str | Path,
+    model_dir: str | Path,
+    metrics_dir: str | Path,
+    checkpoint_dir: str | Path,
     epoch_budget: int | None = None,
     progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+    checkpoint_sync: CheckpointSync | None = None,
 ) -> TrainSummary:
     """Train (or resume) one run. ``epoch_budget`` stops early after that many epochs this call,
-    leaving a checkpoint to resume from (time-boxed scheduled training, and the resume tests)."""
+    leaving a checkpoint to resume from (time-boxed scheduled training, and the resume tests).
+    ``on_epoch`` sees every finished epoch (log lines, progress artifacts); ``checkpoint_sync``
+    shares checkpoints beyond this workspace."""
     tcfg, pcfg = params.train, params.partition
-    name = paths.run_name(backend, variant)
-    model_dir = Path(model_dir or paths.model_dir(backend, variant))
-    metrics_dir = Path(metrics_dir or paths.DATA / "metrics" / name)
-    ckpt_dir = Path(checkpoint_dir or paths.DATA / "checkpoints" / name)
+    name = run_name(backend, variant)
+    model_dir, metrics_dir, ckpt_dir = Path(model_dir), Path(metrics_dir), Path(checkpoint_dir)
     vocab = Vocab.load(vocab_dir)
     train_ids = load_split(partition_dir, "train")
     valid_ids = load_split(partition_dir, "valid")
@@ -128,6 +158,8 @@ def train_model(
         seed=tcfg.seed,
         threads=tcfg.threads,
     )
+    if checkpoint_sync is not None:
+        checkpoint_sync.fetch(run_fp, ckpt_dir)
     history = _load_checkpoint(engine, ckpt_dir, run_fp)
     resumed_from = len(history)
     last = tcfg.epochs if epoch_budget is None else min(tcfg.epochs, resumed_from + epoch_budget)
@@ -155,15 +187,17 @@ def train_model(
                 )
             history.append(row)
             advance(row)
+            if on_epoch is not None:
+                on_epoch(name, row, tcfg.epochs)
             if (
                 tcfg.checkpoint_every
                 and (epoch + 1) % tcfg.checkpoint_every == 0
                 and epoch + 1 < tcfg.epochs
             ):
-                _save_checkpoint(engine, ckpt_dir, run_fp, history)
+                _save_checkpoint(engine, ckpt_dir, run_fp, history, checkpoint_sync)
     wall = time.perf_counter() - started
     if len(history) < tcfg.epochs:  # budget spent: keep the checkpoint, publish nothing yet
-        _save_checkpoint(engine, ckpt_dir, run_fp, history)
+        _save_checkpoint(engine, ckpt_dir, run_fp, history, checkpoint_sync)
         return _summary(name, model_dir, history, resumed_from, wall, engine)
     final = history[-1]
     record = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,7 @@ from prefect.cache_policies import CachePolicy
 
 import rnn
 from rnn.record import file_sha256
+from rnn.workspace import Workspace
 
 
 def _hash_path(path: Path) -> str:
@@ -48,12 +50,16 @@ def _task_source(task_ctx) -> str:
 
 @dataclass
 class StageFiles(CachePolicy):
-    """Key = hash(content of ``inputs`` paths, other arguments, library and task source).
+    """Key = hash(content of the files the stage ``reads`` in its workspace, the arguments (the
+    workspace root among them: a hit never hands one workspace's summary to another; sharing
+    across workspaces is DVC's run-cache's job), library and task source).
 
     Outputs are not part of the key; the flow refreshes a task whose outputs are missing
     (``with_outputs``), so a cache hit always has its files on disk."""
 
-    inputs: tuple[str, ...] = ()
+    reads: Callable[[Workspace, dict[str, Any]], list[Path]] = lambda ws, args: []
+    # the parameter sections the stage reads (None: all), so a training change keeps data cached
+    sections: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = field(default=("reuse",))
 
     def compute_key(
@@ -63,12 +69,14 @@ class StageFiles(CachePolicy):
         # compound policy drops a None part and would cache on the task source alone.
         parts: dict[str, Any] = {"code": library_source_hash(), "task": _task_source(task_ctx)}
         for name, value in sorted(inputs.items()):
-            if name in self.ignore:
-                continue
-            if name in self.inputs and value is not None:
-                parts[name] = _hash_path(Path(value))
-            else:
+            if name == "params" and self.sections is not None:
+                value = {k: value[k] for k in self.sections}
+            if name not in self.ignore:
                 parts[name] = json.dumps(value, sort_keys=True, default=str)
+        ws = Workspace(Path(inputs["workdir"]))
+        parts["reads"] = [
+            _hash_path(p) if p.exists() else "missing" for p in self.reads(ws, inputs)
+        ]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,22 +1,33 @@
-"""One Prefect task per stage, each a thin call of the library function the CLI calls.
+"""One Prefect task per stage, each a thin call of the ``rnn.stages`` function the CLI calls.
 
-Arguments are paths and plain parameter dicts; results are small JSON summaries (never tensors,
-never pickles). ``reuse=True`` returns the summary of outputs that DVC reports up to date.
+Arguments are the workspace root and plain parameter dicts; results are small JSON summaries
+(never tensors, never pickles). ``reuse=True`` returns the summary of outputs that DVC reports
+up to date. Training logs a line per epoch and keeps a progress artifact up to date, so a run on a
+worker shows how far it is.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from rnn.config import IngestConfig, Params, PartitionConfig, VocabConfig
+from rnn import stages
+from rnn.config import Params
+from rnn.workspace import Workspace, run_name
 from tasks.caching import StageFiles
 
 JSON_RESULTS = {"persist_result": True, "result_serializer": "json"}
+PROGRESS_EVERY_S = 2.0  # progress-artifact updates at most this often (and at the last epoch)
+
+
+def _ingest_reads(ws: Workspace, args: dict) -> list[Path]:
+    source = args["params"]["ingest"]["source"]
+    return [] if source.startswith(("http://", "https://")) else [ws.resolve(source)]
 
 
 @task(
@@ -24,80 +35,111 @@ JSON_RESULTS = {"persist_result": True, "result_serializer": "json"}
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    cache_policy=StageFiles(inputs=("local_source",)),
+    cache_policy=StageFiles(reads=_ingest_reads, sections=("ingest",)),
     **JSON_RESULTS,
 )
-def ingest_task(cfg: dict, out: str, local_source: str | None = None, reuse: bool = False) -> dict:
-    """``local_source`` repeats ``cfg['source']`` when it is a local path, so its content is hashed."""
-    from rnn.corpus import ingest, read_provenance
+def ingest_task(workdir: str, params: dict, reuse: bool = False) -> dict:
+    from rnn.corpus import read_provenance
 
-    if reuse and Path(out).is_file():
-        return {"path": out, "reused": True, "sha256": read_provenance(out)["sha256"]}
-    return asdict(ingest(IngestConfig(**cfg), out))
+    ws = Workspace(Path(workdir))
+    if reuse and ws.corpus.is_file():
+        return {
+            "path": str(ws.corpus),
+            "reused": True,
+            "sha256": read_provenance(ws.corpus)["sha256"],
+        }
+    return asdict(stages.ingest_stage(ws, Params(**params)))
 
 
 @task(
     name="vocab",
-    cache_policy=StageFiles(inputs=("corpus",)),
+    cache_policy=StageFiles(reads=lambda ws, a: [ws.corpus], sections=("vocab",)),
     **JSON_RESULTS,
 )
-def vocab_task(cfg: dict, corpus: str, out: str, reuse: bool = False) -> dict:
-    from rnn.vocab import build_vocab
-
-    if reuse and Path(out, "vocab.json").is_file():
-        return {"out_dir": out, "reused": True}
-    return asdict(build_vocab(corpus, VocabConfig(**cfg), out))
+def vocab_task(workdir: str, params: dict, reuse: bool = False) -> dict:
+    ws = Workspace(Path(workdir))
+    if reuse and (ws.vocab / "vocab.json").is_file():
+        return {"out_dir": str(ws.vocab), "reused": True}
+    return asdict(stages.vocab_stage(ws, Params(**params)))
 
 
 @task(
     name="partition",
-    cache_policy=StageFiles(inputs=("ids",)),
+    cache_policy=StageFiles(reads=lambda ws, a: [ws.vocab / "ids.npy"], sections=("partition",)),
     **JSON_RESULTS,
 )
-def partition_task(cfg: dict, ids: str, out: str, reuse: bool = False) -> dict:
-    from rnn.partition import partition
+def partition_task(workdir: str, params: dict, reuse: bool = False) -> dict:
+    ws = Workspace(Path(workdir))
+    if reuse and (ws.partition / "partition.json").is_file():
+        return {"out_dir": str(ws.partition), "reused": True}
+    return asdict(stages.partition_stage(ws, Params(**params)))
 
-    if reuse and Path(out, "partition.json").is_file():
-        return {"out_dir": out, "reused": True}
-    return asdict(partition(ids, PartitionConfig(**cfg), out))
+
+class EpochReporter:
+    """Per-epoch log lines in the flow run's logs and a Prefect progress artifact (percent)."""
+
+    def __init__(self, run: str) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.logger = get_run_logger()
+        self.last_update = 0.0
+        self.artifact = create_progress_artifact(
+            0.0, key=f"train-{run}", description=f"training {run}: epochs done, percent"
+        )
+
+    def __call__(self, run: str, row: dict, total: int) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        from rnn.progress import epoch_line
+
+        self.logger.info(epoch_line(run, row, total))
+        now = time.monotonic()
+        if row["epoch"] == total or now - self.last_update >= PROGRESS_EVERY_S:
+            update_progress_artifact(self.artifact, 100.0 * row["epoch"] / total)
+            self.last_update = now
 
 
 @task(
     name="train",
     task_run_name="train-{backend}-{variant}",
-    cache_policy=StageFiles(inputs=("partition_dir", "vocab_dir")),
+    cache_policy=StageFiles(reads=lambda ws, a: [ws.partition, ws.vocab]),
     **JSON_RESULTS,
 )
 def train_task(
+    workdir: str,
+    params: dict,
     backend: str,
     variant: str,
-    params: dict,
-    partition_dir: str,
-    vocab_dir: str,
-    model_dir: str,
-    metrics_dir: str,
+    share_checkpoints: bool = False,
     reuse: bool = False,
 ) -> dict[str, Any]:
+    """``share_checkpoints``: push every checkpoint to the workspace's DVC remote and resume
+    from the remote's if it is further along than this workspace's."""
     from rnn.record import read_record
-    from rnn.train import train_model
 
-    if reuse and Path(model_dir, "run.json").is_file():
+    ws = Workspace(Path(workdir))
+    model_dir = ws.model(backend, variant)
+    if reuse and (model_dir / "run.json").is_file():
         record = read_record(model_dir)
         return {
-            "run": f"{backend}-{variant}",
-            "model_dir": model_dir,
+            "run": run_name(backend, variant),
+            "model_dir": str(model_dir),
             "reused": True,
             "train_perplexity": record["train_perplexity"],
         }
-    summary = train_model(
+    sync = None
+    if share_checkpoints:
+        from tasks.checkpoints import RemoteCheckpoints
+
+        sync = RemoteCheckpoints(ws.root)
+    summary = stages.train_stage(
+        ws,
+        Params(**params),
         backend,
         variant,
-        Params(**params),
-        partition_dir,
-        vocab_dir,
-        model_dir,
-        metrics_dir,
         progress=False,
+        on_epoch=EpochReporter(run_name(backend, variant)),
+        checkpoint_sync=sync,
     )
     return asdict(summary)
 
@@ -105,35 +147,23 @@ def train_task(
 @task(
     name="evaluate",
     task_run_name="evaluate-{backend}-{variant}",
-    cache_policy=StageFiles(inputs=("model_dir", "partition_dir")),
+    cache_policy=StageFiles(
+        reads=lambda ws, a: [ws.model(a["backend"], a["variant"]), ws.partition]
+    ),
     **JSON_RESULTS,
 )
 def evaluate_task(
-    backend: str,
-    variant: str,
-    params: dict,
-    model_dir: str,
-    partition_dir: str,
-    vocab_dir: str,
-    out_dir: str,
-    reuse: bool = False,
+    workdir: str, params: dict, backend: str, variant: str, reuse: bool = False
 ) -> dict[str, Any]:
-    from rnn.evaluate import evaluate_model, read_eval
+    from rnn.evaluate import read_eval
 
-    if reuse and Path(out_dir, "eval.json").is_file():
-        return read_eval(out_dir)
-    return asdict(
-        evaluate_model(
-            backend, variant, Params(**params), model_dir, partition_dir, vocab_dir, out_dir
-        )
-    )
+    ws = Workspace(Path(workdir))
+    if reuse and (ws.eval_of(backend, variant) / "eval.json").is_file():
+        return read_eval(ws.eval_of(backend, variant))
+    return asdict(stages.evaluate_stage(ws, Params(**params), backend, variant))
 
 
 @task(name="report", **JSON_RESULTS)
-def report_task(
-    runs: list[tuple[str, str]], out_dir: str, models_root: str, eval_root: str, metrics_root: str
-) -> list[dict]:
-    from rnn.report import build_report
-
-    rows = build_report(runs, out_dir, Path(models_root), Path(eval_root), Path(metrics_root))
+def report_task(workdir: str, runs: list[tuple[str, str]]) -> list[dict]:
+    rows = stages.report_stage(Workspace(Path(workdir)), runs)
     return [asdict(r) for r in rows]

@@ -38,3 +38,24 @@ def scratch_inputs(request, monkeypatch) -> str:
     share = 0.0 if request.param == "gather" else float("inf")
     monkeypatch.setattr(rnn.torch.scratch, "ONE_HOT_MAX_SHARE", share)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    """One Prefect API for the session's flow tests (a real server, SQLite), and its result
+    storage; child processes reach it through PREFECT_API_URL."""
+    from prefect.settings import (
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    store = tmp_path_factory.mktemp("prefect-results")
+    with (
+        temporary_settings(
+            {PREFECT_LOCAL_STORAGE_PATH: store, PREFECT_SERVER_ANALYTICS_ENABLED: False}
+        ),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
+        yield store

@@ -1,6 +1,9 @@
 """End to end with the real parts: a Prefect server, a process work pool, the deployments of
-prefect.yaml, a worker, and a deployment run of the pipeline (tf only, tiny parameters) in a
-fresh git + DVC copy of the project. Everything it starts is stopped, and checked gone, at the end.
+prefect.yaml, a worker, a bare git repository as the code origin (tiny parameters) and a local
+directory as the shared DVC remote. Two deployment runs of the pipeline with different `train.lr`
+start at once on the one worker: each clones origin into its own workspace, and each ends with
+its own results, recorded as an experiment on origin. Everything it starts is stopped, and
+checked gone, at the end.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from contextlib import suppress
 from pathlib import Path
 
 import psutil
 import pytest
 
-from .workspace import copy_project, free_port, spawn_logged, stop, tail, wait_healthy
+from .machines import git, make_origin
+from .workspace import free_port, spawn_logged, stop, tail, tiny_params, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,7 +32,7 @@ RUN_TIMEOUT_S = 600
 UUID_RE = re.compile(r"UUID:\s*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
 
-def make_env(home: Path, repo: Path, api_url: str) -> dict[str, str]:
+def make_env(home: Path, api_url: str, remote: Path) -> dict[str, str]:
     """An explicit environment for every child: none of this process's PREFECT_* settings
     (conftest sets some at import) leak in, and the API, home and storage are private."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -45,8 +50,7 @@ def make_env(home: Path, repo: Path, api_url: str) -> dict[str, str]:
         "PREFECT_LOGGING_LEVEL": "INFO",
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
-        "RNN_PROJECT_DIR": str(repo),
-        "PYTHONPATH": str(repo),  # the flow imports the copy's rnn/, tasks/, flows/
+        "RNN_DVC_REMOTE": str(remote),
     }
 
 
@@ -75,16 +79,35 @@ def stop_tree(p: subprocess.Popen) -> list[psutil.Process]:
     return alive
 
 
-def test_deployment_run_on_a_worker(tmp_path):
+def start_run(lr: float, cwd: Path, env: dict[str, str]) -> str:
+    params = json.dumps({"backend": "tf", "overrides": {"train": {"lr": lr}}})
+    out = cli("deployment", "run", "rnn-pipeline/default", "--params", params, cwd=cwd, env=env)
+    match = UUID_RE.search(out.stdout + out.stderr)
+    assert match, out.stdout + out.stderr
+    return match.group(1)
+
+
+def wait_final(client, run_ids: list[str], worker_log: Path) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        runs = {i: client.read_flow_run(i) for i in run_ids}
+        if all(r.state is not None and r.state.is_final() for r in runs.values()):
+            return runs
+        assert time.monotonic() < deadline, tail(worker_log, 8000)
+        time.sleep(1)
+
+
+def test_concurrent_deployment_runs_on_a_worker(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    repo = tmp_path / "repo"
-    env = make_env(tmp_path, repo, url)
-    copy_project(repo)
+    env = make_env(tmp_path, url, tmp_path / "dvc-remote")
+    origin = make_origin(tmp_path, tiny_params())
+    deployer = tmp_path / "deployer"  # where `prefect deploy` runs: a clone, as a user has
+    git("clone", "-q", str(origin), str(deployer), cwd=tmp_path)
     logs = tmp_path / "logs"
     logs.mkdir()
 
@@ -100,67 +123,68 @@ def test_deployment_run_on_a_worker(tmp_path):
         started.append(server)
         wait_healthy(url, server, server_log, HEALTH_TIMEOUT_S)
 
-        cli("work-pool", "create", "rnn-pool", "--type", "process", cwd=repo, env=env)
-        cli("--no-prompt", "deploy", "--all", cwd=repo, env=env)
+        cli("work-pool", "create", "rnn-pool", "--type", "process", cwd=deployer, env=env)
+        cli("variable", "set", "rnn_git_origin", str(origin), cwd=deployer, env=env)
+        cli("variable", "set", "rnn_git_ref", "main", cwd=deployer, env=env)
+        cli("--no-prompt", "deploy", "--all", cwd=deployer, env=env)
 
+        worker_dir = tmp_path / "worker"  # the worker's machine: no checkout of the project
+        worker_dir.mkdir()
         worker = spawn_logged(
-            ["prefect", "worker", "start", "--pool", "rnn-pool"], repo, env, worker_log
+            ["prefect", "worker", "start", "--pool", "rnn-pool"], worker_dir, env, worker_log
         )
         started.insert(0, worker)  # stopped first
 
-        run = subprocess.run(
-            [
-                "prefect",
-                "deployment",
-                "run",
-                "rnn-pipeline/default",
-                "--param",
-                "backend=tf",
-                "--watch",
-                "--watch-interval",
-                "1",
-                "--watch-timeout",
-                str(RUN_TIMEOUT_S),
-            ],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S + 60,
-        )
-        output = run.stdout + run.stderr
-        assert run.returncode == 0, f"{output}\n--- worker log ---\n{tail(worker_log, 8000)}"
-        match = UUID_RE.search(output)
-        assert match, output
-        flow_run_id = match.group(1)
-
-        # Outputs in the copy: the two tf runs, their evaluations and the report; no torch runs.
-        for run_name in ("tf-scratch", "tf-concise"):
-            assert (repo / "data/models" / run_name / "model.safetensors").is_file()
-            assert (repo / "data/models" / run_name / "run.json").is_file()
-            assert (repo / "data/eval" / run_name / "eval.json").is_file()
-        assert (repo / "reports/report.md").is_file()
-        assert not (repo / "data/models/torch-scratch").exists()
-        assert not (repo / "data/models/torch-concise").exists()
-        assert not list((repo / "data/eval").glob("torch-*"))
-
-        # The server's record: the run Completed, with both artifacts attached to it.
+        ids = {lr: start_run(lr, deployer, env) for lr in (0.5, 2.0)}
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(flow_run_id)
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
-                )
+            runs = wait_final(client, list(ids.values()), worker_log)
+            artifacts = {
+                lr: {
+                    a.key: a
+                    for a in client.read_artifacts(
+                        artifact_filter=ArtifactFilter(
+                            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+                        )
+                    )
+                }
+                for lr, run_id in ids.items()
+            }
+        for run in runs.values():
+            assert run.state.is_completed(), f"{run.state}\n{tail(worker_log, 8000)}"
+        perplexities = {}
+        for lr, by_key in artifacts.items():
+            assert {"rnn-comparison", "rnn-samples", "train-tf-scratch"} <= set(by_key)
+            table = by_key["rnn-comparison"].data
+            table = json.loads(table) if isinstance(table, str) else table
+            assert sorted(row["run"] for row in table) == ["tf-concise", "tf-scratch"]
+            perplexities[lr] = {row["run"]: row["train ppl"] for row in table}
+            assert float(by_key["train-tf-scratch"].data) == 100.0  # the progress artifact
+        assert perplexities[0.5] != perplexities[2.0]
+
+        # Each run is recorded on origin with its own parameters and models.
+        check = tmp_path / "check"
+        git("clone", "-q", str(origin), str(check), cwd=tmp_path)
+        for lr, run_id in ids.items():
+            run = runs[run_id]
+            name = f"{run.name}-{run_id[:8]}"
+            sh(["dvc", "exp", "pull", "origin", name], check, env)
+            sh(["dvc", "exp", "apply", name], check, env)
+            sh(
+                ["dvc", "remote", "add", "-f", "--local", "-d", "shared", env["RNN_DVC_REMOTE"]],
+                check,
+                env,
             )
-        assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
-        assert flow_run.parameters.get("backend") == "tf"
-        by_key = {a.key: a for a in artifacts}
-        assert {"rnn-comparison", "rnn-samples"} <= set(by_key), sorted(by_key)
-        table = by_key["rnn-comparison"].data
-        table = json.loads(table) if isinstance(table, str) else table
-        assert sorted(row["run"] for row in table) == ["tf-concise", "tf-scratch"]
-        assert "tf-scratch" in by_key["rnn-samples"].data
+            sh(["dvc", "pull", "train@tf-scratch"], check, env)
+            record = json.loads((check / "data/models/tf-scratch/run.json").read_text())
+            assert record["params"]["train"]["lr"] == lr
+            assert not (check / "data/models/torch-scratch").exists()
     finally:
         survivors = [p for proc in started for p in stop_tree(proc)]
     assert all(p.poll() is not None for p in started)
     assert not survivors, f"processes left running: {survivors}"
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout

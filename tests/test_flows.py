@@ -28,25 +28,6 @@ def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    from prefect.settings import (
-        PREFECT_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    store = tmp_path_factory.mktemp("prefect-results")
-    with (
-        temporary_settings(
-            {PREFECT_LOCAL_STORAGE_PATH: store, PREFECT_SERVER_ANALYTICS_ENABLED: False}
-        ),
-        prefect_test_harness(server_startup_timeout=120),
-    ):
-        yield store
-
-
 @pytest.fixture
 def repo(tmp_path):
     """A copy of the project's working tree as a fresh git + DVC repository with tiny params."""

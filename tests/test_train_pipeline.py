@@ -18,7 +18,7 @@ from rnn.errors import PipelineError
 from rnn.evaluate import evaluate_model
 from rnn.partition import partition
 from rnn.record import file_sha256
-from rnn.report import build_report
+from rnn.report import RunFiles, build_report
 from rnn.train import DATA_INGEST_KEYS, train_model
 from rnn.vocab import build_vocab
 
@@ -134,9 +134,11 @@ def test_report_compares_every_run(data, tmp_path):
             data / "vocab",
             tmp_path / "eval" / f"{backend}-{variant}",
         )
-    rows = build_report(
-        RUNS, tmp_path / "report", tmp_path / "models", tmp_path / "eval", tmp_path / "metrics"
-    )
+    files = [
+        RunFiles(n, tmp_path / "models" / n, tmp_path / "eval" / n, tmp_path / "metrics" / n)
+        for n in (f"{b}-{v}" for b, v in RUNS)
+    ]
+    rows = build_report(files, tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     for backend, variant in RUNS:
         assert f"| {backend}-{variant} |" in md

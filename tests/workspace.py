@@ -20,7 +20,8 @@ SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
 CORPORA = SHARED / "corpora"
 TIME_MACHINE = CORPORA / "timemachine.txt"
 # What the pipeline writes in a working tree; a copy must start without it.
-PIPELINE_OUTPUTS = ("data/", "reports/", "dvc.lock", "dvc_plots/")
+PIPELINE_OUTPUTS = ("data/", "reports/", "dvc.lock", "dvc_plots/", ".rnn-workspace.lock")
+KEPT = {"data/README.md"}
 
 
 def tiny_params(lr: float = 1.0) -> dict:
@@ -49,7 +50,11 @@ def project_files() -> list[str]:
         text=True,
         check=True,
     ).stdout.splitlines()
-    return [f for f in files if not f.startswith(PIPELINE_OUTPUTS) and (ROOT / f).is_file()]
+    return [
+        f
+        for f in files
+        if (f in KEPT or not f.startswith(PIPELINE_OUTPUTS)) and (ROOT / f).is_file()
+    ]
 
 
 def copy_project(dest: Path, params: dict | None = None, git: bool = True) -> Path:

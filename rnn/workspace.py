@@ -1,0 +1,89 @@
+"""One object for every location a run reads or writes, so no stage resolves a path against the
+process's current directory behind its caller's back. ``dvc.yaml`` spells out the same layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def run_name(backend: str, variant: str) -> str:
+    return f"{backend}-{variant}"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A run's working tree: ``root`` holds params.yaml, ``data/`` and ``reports/``."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def at(cls, root: str | Path) -> Workspace:
+        return cls(Path(root).resolve())
+
+    def resolve(self, path: str | Path) -> Path:
+        """A user-given path (a parameter, an option): relative ones are relative to ``root``."""
+        return self.root / path
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def corpus(self) -> Path:
+        return self.data / "corpus.parquet"
+
+    @property
+    def vocab(self) -> Path:
+        return self.data / "vocab"
+
+    @property
+    def partition(self) -> Path:
+        return self.data / "partition"
+
+    @property
+    def models(self) -> Path:
+        return self.data / "models"
+
+    @property
+    def metrics(self) -> Path:
+        return self.data / "metrics"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.data / "checkpoints"
+
+    @property
+    def evals(self) -> Path:
+        return self.data / "eval"
+
+    @property
+    def promoted(self) -> Path:
+        return self.data / "promoted"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".rnn-workspace.lock"
+
+    def model(self, backend: str, variant: str) -> Path:
+        return self.models / run_name(backend, variant)
+
+    def metrics_of(self, backend: str, variant: str) -> Path:
+        return self.metrics / run_name(backend, variant)
+
+    def checkpoint(self, backend: str, variant: str) -> Path:
+        return self.checkpoints / run_name(backend, variant)
+
+    def eval_of(self, backend: str, variant: str) -> Path:
+        return self.evals / run_name(backend, variant)
