@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 SHARED_REMOTE = "shared"
+REMOTE_ENV, ENDPOINT_ENV = "RNN_DVC_REMOTE", "RNN_DVC_REMOTE_ENDPOINT"
 # What `dvc exp save` must carry beyond dvc.lock: the outputs DVC leaves to git (cache: false).
 EXPERIMENT_FILES = (
     "dvc.lock",
@@ -39,7 +41,14 @@ def in_dvc_repo(root: Path) -> bool:
 
 
 def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([*_dvc(), *args], cwd=root, capture_output=True, text=True, check=check)
+    result = subprocess.run([*_dvc(), *args], cwd=root, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise DvcError(f"dvc {' '.join(args[:2])} failed in {root}: {result.stderr.strip()[-500:]}")
+    return result
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; the message carries its error output."""
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -69,6 +78,16 @@ def use_shared_remote(root: Path, url: str, endpoint: str | None = None) -> None
     run_dvc(root, "remote", "add", "--local", "--default", "--force", SHARED_REMOTE, url)
     if endpoint:
         run_dvc(root, "remote", "modify", "--local", SHARED_REMOTE, "endpointurl", endpoint)
+
+
+def connect_remote(root: Path) -> bool:
+    """Point the workspace at the pool's shared DVC remote when the machine names one
+    (RNN_DVC_REMOTE, optionally RNN_DVC_REMOTE_ENDPOINT for S3-compatible servers); without it,
+    the repository's own default remote. True when the workspace has a remote."""
+    url = os.environ.get(REMOTE_ENV)
+    if url:
+        use_shared_remote(root, url, os.environ.get(ENDPOINT_ENV))
+    return has_remote(root)
 
 
 def fetch_run_cache(root: Path) -> bool:
@@ -102,16 +121,18 @@ def restore(root: Path, stage: str) -> bool:
         return False
 
 
-def push(root: Path) -> str:
-    """Push every output in dvc.lock and the run-cache to the default remote, including the
+def push(root: Path, stages: list[str]) -> str:
+    """Push ``stages``' outputs and the run-cache to the default remote, including the
     outputs left to git (`cache: false`: metrics, evaluations, the report), which `dvc push
     --run-cache` skips although the run-cache needs them to restore a stage elsewhere."""
     from dvc.repo import Repo
 
-    result = run_dvc(root, "push", "--run-cache")
+    result = run_dvc(root, "push", "--run-cache", *stages)
     with Repo(str(root)) as repo, repo.lock:
         uncached = set()
         for stage in repo.index.stages:
+            if stage.addressing not in stages:
+                continue
             for out in stage.outs:
                 if not out.use_cache and out.hash_info and out.hash_info.value:
                     uncached |= _objects(repo, out.hash_info)
@@ -138,12 +159,13 @@ def git_origin(root: Path) -> str | None:
     return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
-def record_experiment(root: Path, name: str) -> None:
-    """Save the workspace as DVC experiment ``name`` (params, dvc.lock, metrics, report) and push
-    it to git ``origin`` (outputs go to the DVC remote), where every machine can list it."""
+def record_experiment(root: Path, name: str, stages: list[str]) -> None:
+    """Save the workspace as DVC experiment ``name`` (params, dvc.lock, metrics, report; the
+    outputs of ``stages``, this run's) and push it to git ``origin`` (outputs go to the DVC
+    remote), where every machine can list it."""
     if not git(root, "config", "user.email", check=False).stdout.strip():
         git(root, "config", "user.email", "rnn-pipeline@localhost")
         git(root, "config", "user.name", "rnn-pipeline")
     include = [arg for f in EXPERIMENT_FILES if (root / f).exists() for arg in ("-I", f)]
-    run_dvc(root, "exp", "save", "--force", "--name", name, *include)
+    run_dvc(root, "exp", "save", "--force", "--name", name, *include, *stages)
     run_dvc(root, "exp", "push", "--force", "origin", name)

@@ -12,7 +12,6 @@ git origin, where any machine can list, compare and restore it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,6 @@ from tasks.stages import (
     train_task,
     vocab_task,
 )
-
-REMOTE_ENV, ENDPOINT_ENV = "RNN_DVC_REMOTE", "RNN_DVC_REMOTE_ENDPOINT"
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -85,16 +82,6 @@ def _stage_names(runs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return {"train": [f"train@{n}" for n in names], "evaluate": [f"evaluate@{n}" for n in names]}
 
 
-def connect_remote(ws: Workspace) -> bool:
-    """Point the workspace at the pool's shared DVC remote when the machine names one
-    (RNN_DVC_REMOTE, optionally RNN_DVC_REMOTE_ENDPOINT for S3-compatible servers); without it,
-    the repository's own default remote. True when the workspace has a remote."""
-    url = os.environ.get(REMOTE_ENV)
-    if url:
-        dvc_sync.use_shared_remote(ws.root, url, os.environ.get(ENDPOINT_ENV))
-    return dvc_sync.has_remote(ws.root)
-
-
 class Stages:
     """Runs the pipeline's stages in one workspace the way `dvc repro` would: only stale ones,
     and a stale one that any workspace already computed is restored from the run-cache."""
@@ -132,7 +119,7 @@ def pipeline(
 ) -> dict[str, Any]:
     """Run the whole pipeline in one workspace (``workdir``, default: the current directory,
     which a deployment run's pull steps make a fresh clone). ``backend``/``variant`` restrict the
-    fan-out to one of each; ``record`` saves the run as a DVC experiment pushed to git origin."""
+    grid to one of each (written into the parameters like any override); ``record`` saves the run as a DVC experiment pushed to git origin."""
     ws = Workspace.at(workdir or Path.cwd())
     with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
         return _pipeline(ws, params_file, backend, variant, overrides, record)
@@ -147,13 +134,13 @@ def _pipeline(
     record: bool,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    params = adopt_params(ws, params_file, overrides)
-    backends = [backend] if backend else list(params.train.backends)
-    variants = [variant] if variant else list(params.train.variants)
-    runs = [(b, v) for b in backends for v in variants]
-    full_grid = set(runs) == {(b, v) for b in params.train.backends for v in params.train.variants}
+    # One backend or variant is the grid narrowed in the parameters, so that dvc.lock, the
+    # report and the recorded experiment all describe exactly the runs this flow run made.
+    narrowed = {k: [v] for k, v in (("backends", backend), ("variants", variant)) if v}
+    params = adopt_params(ws, params_file, merge(overrides or {}, {"train": narrowed}))
+    runs = [(b, v) for b in params.train.backends for v in params.train.variants]
     tracked = dvc_sync.in_dvc_repo(ws.root)
-    shared = tracked and connect_remote(ws)
+    shared = tracked and dvc_sync.connect_remote(ws.root)
     if shared:
         dvc_sync.fetch_run_cache(ws.root)
     names = _stage_names(runs)
@@ -183,8 +170,7 @@ def _pipeline(
     wait(evaluated)
     evals = [e.result() for e in evaluated]
     trained_now = [t.result()["run"] for t in trained if not t.result().get("reused")]
-    if full_grid:
-        plan.reuse("report")  # restores it where the run-cache has it; rewriting is the same
+    plan.reuse("report")  # restores it where the run-cache has it; rewriting is the same
     rows = report_task(root, runs)
     publish(rows, evals)
     result: dict[str, Any] = {
@@ -198,16 +184,15 @@ def _pipeline(
         "experiment": None,
     }
     if tracked:
-        done = ["ingest", "vocab", "partition", *names["train"], *names["evaluate"]]
-        done += ["report"] if full_grid else []  # a partial report is not the stage's output
+        done = ["ingest", "vocab", "partition", *names["train"], *names["evaluate"], "report"]
         ran = [s for s in done if plan.needs_work(s)]
         dvc_sync.commit(ws.root, ran)
         logger.info("dvc.lock updated for %d stages", len(ran))
         if shared:
-            logger.info("dvc push: %s", dvc_sync.push(ws.root))
+            logger.info("dvc push: %s", dvc_sync.push(ws.root, done))
         if record and shared and dvc_sync.git_origin(ws.root):
             result["experiment"] = experiment_name()
-            dvc_sync.record_experiment(ws.root, result["experiment"])
+            dvc_sync.record_experiment(ws.root, result["experiment"], done)
             logger.info("recorded as experiment %s in git origin", result["experiment"])
     return result
 

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from flows.dvc_sync import git_origin, run_dvc
+from flows.dvc_sync import connect_remote, git_origin, run_dvc
 from rnn.errors import PipelineError
 from rnn.report import RunFiles, build_report
 from rnn.workspace import Workspace
@@ -59,13 +59,19 @@ def fetch_recorded(root: Path, name: str, dest: Path) -> list[RunFiles]:
     layout), reading git and the DVC remote; its rows are labelled ``name/backend-variant``."""
     from dvc.fs import DVCFileSystem
 
-    fs = DVCFileSystem(repo=str(root), rev=_experiment_sha(root, name))
+    try:
+        fs = DVCFileSystem(repo=str(root), rev=_experiment_sha(root, name))
+        models = fs.ls("data/models", detail=False)
+    except FileNotFoundError:
+        raise PipelineError(
+            f"recorded run {name} has no models", "check the name with `flows.recorded list`"
+        ) from None
     ws = Workspace(dest)
     runs = []
-    for model in sorted(fs.ls("data/models", detail=False)):
+    for model in sorted(models):
         run = Path(model).name
-        if run.startswith("."):
-            continue
+        if run.startswith(".") or not fs.exists(f"data/eval/{run}/eval.json"):
+            continue  # a stage of dvc.yaml that this run did not train
         fs.get_file(f"data/models/{run}/run.json", str(_parent(ws.models / run) / "run.json"))
         fs.get_file(f"data/eval/{run}/eval.json", str(_parent(ws.evals / run) / "eval.json"))
         fs.get(f"data/metrics/{run}", str(ws.metrics / run), recursive=True)
@@ -100,6 +106,7 @@ def compare(
     import tempfile
 
     root = workdir.resolve()
+    connect_remote(root)  # RNN_DVC_REMOTE, as the runs that recorded them used
     with tempfile.TemporaryDirectory(prefix="rnn-compare-") as scratch:
         compare_recorded(root, experiments, root / out, Path(scratch))
     typer.echo((root / out / "report.md").read_text())

@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from flows import dvc_sync
-from flows.pipeline import connect_remote, pipeline
+from flows.pipeline import pipeline
 from rnn.atomic import atomic_dir
 from rnn.lock import workspace_lock
 from rnn.workspace import Workspace
@@ -55,7 +55,7 @@ def retrain(
     logger = get_run_logger()
     ws = Workspace.at(workdir or Path.cwd())
     with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
-        remote = dvc_sync.in_dvc_repo(ws.root) and connect_remote(ws)
+        remote = dvc_sync.in_dvc_repo(ws.root) and dvc_sync.connect_remote(ws.root)
         if remote:
             pulled = dvc_sync.run_dvc(ws.root, "pull", "--allow-missing", check=False)
             logger.info("dvc pull: %s", (pulled.stdout or pulled.stderr).strip()[-200:] or "ok")

@@ -159,7 +159,9 @@ def _partition(ids: BinaryIO, cfg: PartitionConfig, out_dir: Path) -> PartitionS
     ):
         for tmp, lo, hi in zip((train, valid, test), bounds[:-1], bounds[1:], strict=True):
             _save_slice(ids, dtype, data_start + int(lo) * dtype.itemsize, int(hi - lo), tmp)
-        meta.write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+        # not out_dir: the file's content must not depend on where the workspace is
+        record = {k: v for k, v in asdict(summary).items() if k != "out_dir"}
+        meta.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return summary
 
 

@@ -99,7 +99,12 @@ def wait_final(client, run_ids: list[str], worker_log: Path) -> dict:
 
 def test_concurrent_deployment_runs_on_a_worker(tmp_path):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     port = free_port()
@@ -149,6 +154,15 @@ def test_concurrent_deployment_runs_on_a_worker(tmp_path):
                 }
                 for lr, run_id in ids.items()
             }
+            logs = {
+                lr: [
+                    log.message
+                    for log in client.read_logs(
+                        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+                    )
+                ]
+                for lr, run_id in ids.items()
+            }
         for run in runs.values():
             assert run.state.is_completed(), f"{run.state}\n{tail(worker_log, 8000)}"
         perplexities = {}
@@ -160,6 +174,8 @@ def test_concurrent_deployment_runs_on_a_worker(tmp_path):
             perplexities[lr] = {row["run"]: row["train ppl"] for row in table}
             assert float(by_key["train-tf-scratch"].data) == 100.0  # the progress artifact
         assert perplexities[0.5] != perplexities[2.0]
+        for messages in logs.values():  # one line per epoch in the run's logs
+            assert any(m.startswith("tf-scratch epoch 2/2: train ppl") for m in messages)
 
         # Each run is recorded on origin with its own parameters and models.
         check = tmp_path / "check"
