@@ -180,16 +180,15 @@ def test_concurrent_deployment_runs_on_a_worker(tmp_path):
         # Each run is recorded on origin with its own parameters and models.
         check = tmp_path / "check"
         git("clone", "-q", str(origin), str(check), cwd=tmp_path)
+        for key, value in (("user.name", "e2e"), ("user.email", "e2e@localhost")):
+            git("config", key, value, cwd=check)  # `dvc exp apply` commits
+        # the remote first: `dvc exp pull` brings the experiment's outputs from it too
+        sh(["dvc", "remote", "add", "--local", "-d", "shared", env["RNN_DVC_REMOTE"]], check, env)
         for lr, run_id in ids.items():
             run = runs[run_id]
             name = f"{run.name}-{run_id[:8]}"
             sh(["dvc", "exp", "pull", "origin", name], check, env)
             sh(["dvc", "exp", "apply", name], check, env)
-            sh(
-                ["dvc", "remote", "add", "-f", "--local", "-d", "shared", env["RNN_DVC_REMOTE"]],
-                check,
-                env,
-            )
             sh(["dvc", "pull", "train@tf-scratch"], check, env)
             record = json.loads((check / "data/models/tf-scratch/run.json").read_text())
             assert record["params"]["train"]["lr"] == lr
