@@ -113,9 +113,10 @@ class TrainConfig(StrictModel):
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda", "mps", "gpu"] = "cpu"
     checkpoint_every: Annotated[int, Field(ge=0)] = 50
-    # Intra-op threads per training run. 1 keeps results independent of the machine's core count
-    # and lets the flow train several variants side by side without OpenMP oversubscription.
-    threads: Annotated[int, Field(ge=1)] | None = 1
+    # Cores per training run; a pure speed setting (the weights do not depend on it, see
+    # rnn/engine.py resolve_threads), so it is in neither the run's fingerprint nor dvc.yaml.
+    # null: every core this process may use, or RNN_THREADS where the pool sets a slot's share.
+    threads: Annotated[int, Field(ge=1)] | None = None
 
 
 class EvaluateConfig(StrictModel):

@@ -143,7 +143,8 @@ def train_model(
     }
     trained_with = {
         "partition": pcfg.model_dump(),
-        "train": tcfg.model_dump(exclude={"backends", "variants"}),
+        # threads changes only the speed (rnn/engine.py resolve_threads), so it is not recorded
+        "train": tcfg.model_dump(exclude={"backends", "variants", "threads"}),
     }
     versions = library_versions(backend, engine_version(backend))
     run_fp = fingerprint({"run": name, **trained_with, **data_hashes, "versions": versions})

@@ -56,9 +56,15 @@ def resolve_device(name: str) -> str:
 
 
 def set_threads(threads: int) -> None:
-    """TensorFlow fixes its pools when the runtime starts; later calls keep the first setting."""
+    """``threads`` ops run side by side, each on one thread. Eigen's matrix products (TensorFlow's
+    and XLA's) change their blocking with the intra-op thread count, so their sums round
+    differently: a (32, 512) x (512, 512) product differs between 1 and 2 intra-op threads, and no
+    XLA flag (multi_thread_eigen, thunk runtime, oneDNN, XNNPACK) changes that. One thread per op
+    makes every op's result independent of the count; inter-op threads still overlap the
+    independent ones (Keras' RNN loop: ~1.3x on 2 cores). TensorFlow fixes its pools when the
+    runtime starts; later calls keep the first setting."""
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         pass

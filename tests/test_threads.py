@@ -1,0 +1,53 @@
+"""``train.threads`` is a pure speed setting: 1, 2 and every-core runs end with the same bytes.
+
+Thread pools are fixed when a framework starts, so each count trains in its own process. The
+shapes are big enough that both frameworks split their products over threads (hidden 256,
+batch 32), and both sampling schemes run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TRAIN = r"""
+import hashlib, json, sys
+import numpy as np
+from rnn.engine import make_engine
+from rnn.partition import epoch_minibatches
+backend, threads = sys.argv[1], (int(sys.argv[2]) or None)
+ids = np.random.default_rng(0).integers(0, 28, 32 * 20 * 3 + 21)
+digests = {}
+for variant, hiddens in (("scratch", 256), ("concise", 192)):
+    for sampling in ("sequential", "random"):
+        e = make_engine(backend, variant, 28, hiddens, lr=1.0, theta=1.0, device="cpu", seed=0,
+                        threads=threads)
+        for epoch in range(2):
+            e.train_epoch(*epoch_minibatches(ids, 32, 20, sampling, 0, epoch), sampling)
+        w = e.canonical_weights()
+        digests[f"{variant}-{sampling}"] = hashlib.sha256(
+            b"".join(np.ascontiguousarray(w[k]).tobytes() for k in sorted(w))).hexdigest()
+print(json.dumps(digests))
+"""
+
+
+def weights_digests(backend: str, threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RNN_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", TRAIN, backend, str(threads)],
+        capture_output=True, text=True, env=env, check=True, timeout=600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_thread_count_changes_no_weight(backend):
+    every_core = len(os.sched_getaffinity(0))
+    runs = {t: weights_digests(backend, t) for t in (1, 2, 0)}  # 0: null, every core
+    assert set(runs[1]) == {f"{v}-{s}" for v in ("scratch", "concise") for s in ("sequential", "random")}
+    assert runs[2] == runs[1], "2 threads changed the weights"
+    assert runs[0] == runs[1], f"every core ({every_core}) changed the weights"
