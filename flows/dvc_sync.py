@@ -159,13 +159,16 @@ def git_origin(root: Path) -> str | None:
     return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
-def record_experiment(root: Path, name: str, stages: list[str]) -> None:
+def record_experiment(root: Path, name: str, stages: list[str]) -> bool:
     """Save the workspace as DVC experiment ``name`` (params, dvc.lock, metrics, report; the
     outputs of ``stages``, this run's) and push it to git ``origin`` (outputs go to the DVC
-    remote), where every machine can list it."""
+    remote), where every machine can list it. False when there is no origin to push to."""
     if not git(root, "config", "user.email", check=False).stdout.strip():
         git(root, "config", "user.email", "rnn-pipeline@localhost")
         git(root, "config", "user.name", "rnn-pipeline")
     include = [arg for f in EXPERIMENT_FILES if (root / f).exists() for arg in ("-I", f)]
     run_dvc(root, "exp", "save", "--force", "--name", name, *include, *stages)
+    if not git_origin(root):
+        return False
     run_dvc(root, "exp", "push", "--force", "origin", name)
+    return True

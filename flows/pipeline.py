@@ -12,6 +12,8 @@ git origin, where any machine can list, compare and restore it.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import rnn
 from flows import dvc_sync
 from rnn.atomic import atomic_path
 from rnn.config import Params, load_params, validate_params
+from rnn.errors import PipelineError
 from rnn.lock import workspace_lock
 from rnn.workspace import Workspace, run_name
 from tasks.caching import with_outputs
@@ -36,6 +39,11 @@ from tasks.stages import (
     train_task,
     vocab_task,
 )
+
+
+def machine_name() -> str:
+    """The machine a run is on, for logs and results: the pool's name for it, or the host's."""
+    return os.environ.get("RNN_MACHINE") or socket.gethostname()
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +85,7 @@ def downstream(stale: set[str], stages: dict[str, list[str]]) -> set[str]:
     return out
 
 
-def _stage_names(runs: list[tuple[str, str]]) -> dict[str, list[str]]:
+def stage_names(runs: list[tuple[str, str]]) -> dict[str, list[str]]:
     names = [run_name(b, v) for b, v in runs]
     return {"train": [f"train@{n}" for n in names], "evaluate": [f"evaluate@{n}" for n in names]}
 
@@ -108,51 +116,22 @@ class Stages:
         return with_outputs(task, *outputs, stale=self.needs_work(stage))
 
 
-@flow(name="rnn-pipeline", persist_result=True, result_serializer="json", log_prints=True)
-def pipeline(
-    params_file: str = "params.yaml",
-    backend: str | None = None,
-    variant: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    workdir: str | None = None,
-    record: bool = True,
-) -> dict[str, Any]:
-    """Run the whole pipeline in one workspace (``workdir``, default: the current directory,
-    which a deployment run's pull steps make a fresh clone). ``backend``/``variant`` restrict the
-    grid to one of each (written into the parameters like any override); ``record`` saves the run as a DVC experiment pushed to git origin."""
-    ws = Workspace.at(workdir or Path.cwd())
-    with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
-        return _pipeline(ws, params_file, backend, variant, overrides, record)
+DATA_STAGES = ("ingest", "vocab", "partition")
 
 
-def _pipeline(
-    ws: Workspace,
-    params_file: str,
-    backend: str | None,
-    variant: str | None,
-    overrides: dict[str, Any] | None,
-    record: bool,
-) -> dict[str, Any]:
-    logger = get_run_logger()
-    # One backend or variant is the grid narrowed in the parameters, so that dvc.lock, the
-    # report and the recorded experiment all describe exactly the runs this flow run made.
-    narrowed = {k: [v] for k, v in (("backends", backend), ("variants", variant)) if v}
-    params = adopt_params(ws, params_file, merge(overrides or {}, {"train": narrowed}))
-    runs = [(b, v) for b in params.train.backends for v in params.train.variants]
-    tracked = dvc_sync.in_dvc_repo(ws.root)
-    shared = tracked and dvc_sync.connect_remote(ws.root)
-    if shared:
-        dvc_sync.fetch_run_cache(ws.root)
-    names = _stage_names(runs)
-    plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), names) if tracked else None)
-    logger.info("workspace %s; code %s", ws.root, Path(rnn.__file__).parent)
-
-    pdict, root = params.model_dump(), str(ws.root)
+def run_data_stages(plan: Stages, ws: Workspace, pdict: dict) -> None:
+    """ingest -> vocab -> partition, each restored or run as `dvc repro` would."""
+    root = str(ws.root)
     plan.runnable(ingest_task, "ingest", ws.corpus)(root, pdict, reuse=plan.reuse("ingest"))
     plan.runnable(vocab_task, "vocab", ws.vocab)(root, pdict, reuse=plan.reuse("vocab"))
     plan.runnable(partition_task, "partition", ws.partition)(
         root, pdict, reuse=plan.reuse("partition")
     )
+
+
+def train_here(ws, plan, pdict, runs, names, shared) -> tuple[list[dict], list[dict]]:
+    """Every run trained side by side in this process (task threads), then evaluated."""
+    root = str(ws.root)
     trained = [
         plan.runnable(train_task, stage, ws.model(b, v)).submit(
             root, pdict, b, v, share_checkpoints=shared, reuse=plan.reuse(stage)
@@ -168,8 +147,111 @@ def _pipeline(
             )
         )
     wait(evaluated)
-    evals = [e.result() for e in evaluated]
-    trained_now = [t.result()["run"] for t in trained if not t.result().get("reused")]
+    return [t.result() for t in trained], [e.result() for e in evaluated]
+
+
+def train_on_pool(ws, plan, params: Params, runs, names) -> tuple[list[dict], list[dict]]:
+    """Each stale run as an `rnn-train` flow run on the pool, all at once; the data stages are
+    pushed first, so they restore there, and the results are restored here from the run-cache."""
+    from rnn.evaluate import read_eval
+    from rnn.record import read_record
+    from tasks.pool import train_on_worker
+
+    dvc_sync.commit(ws.root, [s for s in DATA_STAGES if plan.needs_work(s)])
+    dvc_sync.push(ws.root, list(DATA_STAGES))
+    code = dvc_sync.git(ws.root, "rev-parse", "HEAD").stdout.strip()
+    pending = [
+        (b, v)
+        for (b, v), t, e in zip(runs, names["train"], names["evaluate"], strict=True)
+        if not (plan.reuse(t) and plan.reuse(e))
+    ]
+    futures = [
+        train_on_worker.submit(params.model_dump(), b, v, code, f"{flow_run.name}-{run_name(b, v)}")
+        for b, v in pending
+    ]
+    wait(futures)
+    on_pool = {f.result()["run"]: f.result() for f in futures}  # raises a run's failure
+    dvc_sync.fetch_run_cache(ws.root)
+    training, evals = [], []
+    for (b, v), t, e in zip(runs, names["train"], names["evaluate"], strict=True):
+        if not (plan.reuse(t) and plan.reuse(e)):
+            raise PipelineError(
+                f"{run_name(b, v)} finished on the pool but its outputs are not in the remote",
+                "check the DVC remote and rerun the pipeline (finished runs are restored)",
+            )
+        record = read_record(ws.model(b, v))
+        training.append(
+            {
+                "run": run_name(b, v),
+                "reused": run_name(b, v) not in on_pool,
+                "train_perplexity": record["train_perplexity"],
+                **on_pool.get(run_name(b, v), {}),
+            }
+        )
+        evals.append(read_eval(ws.eval_of(b, v)))
+    return training, evals
+
+
+@flow(name="rnn-pipeline", persist_result=True, result_serializer="json", log_prints=True)
+def pipeline(
+    params_file: str = "params.yaml",
+    backend: str | None = None,
+    variant: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    workdir: str | None = None,
+    record: bool = True,
+    fan_out: bool = False,
+) -> dict[str, Any]:
+    """Run the whole pipeline in one workspace (``workdir``, default: the current directory,
+    which a deployment run's pull steps make a fresh clone). ``backend``/``variant`` restrict the
+    grid to one of each (written into the parameters like any override); ``record`` saves the
+    run as a DVC experiment pushed to git origin; ``fan_out`` trains and evaluates each run of
+    the grid as a run of the `rnn-train` deployment on the pool (flows/train.py) instead of here."""
+    ws = Workspace.at(workdir or Path.cwd())
+    with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
+        return _pipeline(ws, params_file, backend, variant, overrides, record, fan_out)
+
+
+def _pipeline(
+    ws: Workspace,
+    params_file: str,
+    backend: str | None,
+    variant: str | None,
+    overrides: dict[str, Any] | None,
+    record: bool,
+    fan_out: bool,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    # One backend or variant is the grid narrowed in the parameters, so that dvc.lock, the
+    # report and the recorded experiment all describe exactly the runs this flow run made.
+    narrowed = {k: [v] for k, v in (("backends", backend), ("variants", variant)) if v}
+    params = adopt_params(ws, params_file, merge(overrides or {}, {"train": narrowed}))
+    runs = [(b, v) for b in params.train.backends for v in params.train.variants]
+    tracked = dvc_sync.in_dvc_repo(ws.root)
+    shared = tracked and dvc_sync.connect_remote(ws.root)
+    if fan_out and not shared:
+        raise PipelineError(
+            "fan_out needs a DVC repository with a shared remote: the pool's runs meet there",
+            "set RNN_DVC_REMOTE on the workers (python -m pool up --remote URL)",
+        )
+    if shared:
+        dvc_sync.fetch_run_cache(ws.root)
+    names = stage_names(runs)
+    plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), names) if tracked else None)
+    logger.info(
+        "pipeline on machine %s in %s; code %s",
+        os.environ.get("RNN_MACHINE", socket.gethostname()),
+        ws.root,
+        Path(rnn.__file__).parent,
+    )
+
+    pdict, root = params.model_dump(), str(ws.root)
+    run_data_stages(plan, ws, pdict)
+    if fan_out:
+        training, evals = train_on_pool(ws, plan, params, runs, names)
+    else:
+        training, evals = train_here(ws, plan, pdict, runs, names, shared)
+    trained_now = [t["run"] for t in training if not t.get("reused")]
     plan.reuse("report")  # restores it where the run-cache has it; rewriting is the same
     rows = report_task(root, runs)
     publish(rows, evals)
@@ -179,21 +261,25 @@ def _pipeline(
         "workspace": root,
         "code": str(Path(rnn.__file__).parent),
         "trained": trained_now,
-        "training": [t.result() for t in trained],
+        "training": training,
         "restored": plan.restored,
         "experiment": None,
     }
     if tracked:
-        done = ["ingest", "vocab", "partition", *names["train"], *names["evaluate"], "report"]
+        done = [*DATA_STAGES, *names["train"], *names["evaluate"], "report"]
         ran = [s for s in done if plan.needs_work(s)]
         dvc_sync.commit(ws.root, ran)
         logger.info("dvc.lock updated for %d stages", len(ran))
         if shared:
             logger.info("dvc push: %s", dvc_sync.push(ws.root, done))
-        if record and shared and dvc_sync.git_origin(ws.root):
+        if record and shared:
             result["experiment"] = experiment_name()
-            dvc_sync.record_experiment(ws.root, result["experiment"], done)
-            logger.info("recorded as experiment %s in git origin", result["experiment"])
+            pushed = dvc_sync.record_experiment(ws.root, result["experiment"], done)
+            logger.info(
+                "recorded as experiment %s%s",
+                result["experiment"],
+                " in git origin" if pushed else " (no git origin to push it to)",
+            )
     return result
 
 

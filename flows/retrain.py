@@ -1,22 +1,21 @@
-"""Scheduled retraining: bring the data up to date, retrain what changed, evaluate, promote a
-model only if its validation perplexity is no worse than the promoted one's, push, and record
-the decision as an artifact."""
+"""Scheduled retraining: pull the newest code (the deployment clones origin's tip) and data,
+retrain only what changed (everything else is restored from the DVC run-cache), evaluate, and
+promote each model whose held-out perplexity is no worse than the promoted one's. A promotion
+is a git tag on the run's recorded experiment, pushed to origin (flows/promotion.py): every
+worker and the next run see it, and the weights it names are in the DVC remote."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run
 
-from flows import dvc_sync
-from flows.pipeline import pipeline
-from rnn.atomic import atomic_dir
-from rnn.lock import workspace_lock
+from flows import dvc_sync, promotion
+from flows.pipeline import machine_name, pipeline
+from rnn.errors import PipelineError
+from rnn.evaluate import read_eval
 from rnn.workspace import Workspace
 
 
@@ -26,47 +25,59 @@ def held_out_perplexity(eval_record: dict) -> float:
     return ppl.get("valid", ppl["train"])
 
 
-def promote_if_no_worse(ws: Workspace, run: str) -> dict[str, Any]:
-    candidate = json.loads((ws.evals / run / "eval.json").read_text())
-    new = held_out_perplexity(candidate)
-    current_file = ws.promoted / run / "eval.json"
-    old = (
-        held_out_perplexity(json.loads(current_file.read_text()))
-        if current_file.is_file()
-        else None
-    )
-    promote = old is None or new <= old
-    if promote:
-        with atomic_dir(ws.promoted / run) as tmp:
-            shutil.copytree(ws.models / run, tmp, dirs_exist_ok=True)
-            shutil.copy2(ws.evals / run / "eval.json", tmp / "eval.json")
+def decide(ws: Workspace, run: str, experiment: str) -> dict[str, Any]:
+    candidate = held_out_perplexity(read_eval(ws.evals / run))
+    current = promotion.promoted_eval(ws.root, run)
+    old = None if current is None else held_out_perplexity(current)
+    decision = "kept current"
+    if old is None or candidate <= old:
+        commit = promotion.experiment_commit(ws.root, experiment)
+        expected = promotion.promoted_commit(ws.root, run)
+        won = promotion.promote(ws.root, run, commit, expected)
+        decision = "promoted" if won else "kept current (another run promoted first)"
     return {
         "run": run,
-        "candidate ppl": round(new, 4),
+        "candidate ppl": round(candidate, 4),
         "promoted ppl": None if old is None else round(old, 4),
-        "decision": "promoted" if promote else "kept current",
+        "decision": decision,
+        "experiment": experiment,
     }
 
 
 @flow(name="rnn-retrain", persist_result=True, result_serializer="json", log_prints=True)
 def retrain(
-    params_file: str = "params.yaml", backend: str | None = None, workdir: str | None = None
+    params_file: str = "params.yaml",
+    backend: str | None = None,
+    workdir: str | None = None,
+    fan_out: bool = False,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     ws = Workspace.at(workdir or Path.cwd())
-    with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
-        remote = dvc_sync.in_dvc_repo(ws.root) and dvc_sync.connect_remote(ws.root)
-        if remote:
-            pulled = dvc_sync.run_dvc(ws.root, "pull", "--allow-missing", check=False)
-            logger.info("dvc pull: %s", (pulled.stdout or pulled.stderr).strip()[-200:] or "ok")
-        result = pipeline(params_file=params_file, backend=backend, workdir=str(ws.root))
-        decisions = [promote_if_no_worse(ws, run) for run in result["runs"]]
+    if not dvc_sync.in_dvc_repo(ws.root):
+        raise PipelineError(f"{ws.root} is not a DVC repository", "retrain runs in a clone")
+    logger.info("retraining on machine %s in %s", machine_name(), ws.root)
+    promotion.fetch_promotions(ws.root)
+    result = pipeline(
+        params_file=params_file, backend=backend, workdir=str(ws.root), fan_out=fan_out
+    )
+    experiment = result["experiment"]
+    if experiment is None:
+        raise PipelineError("the run was not recorded as an experiment", "configure a DVC remote")
+    decisions = [decide(ws, run, experiment) for run in result["runs"]]
+    for d in decisions:
+        logger.info(
+            "%s: %s (candidate %s, promoted %s)",
+            d["run"],
+            d["decision"],
+            d["candidate ppl"],
+            d["promoted ppl"],
+        )
     create_table_artifact(
         key="rnn-promotion",
         table=decisions,
         description="Promotion decisions (validation perplexity, lower is better)",
     )
-    return {"decisions": decisions, "pushed": remote}
+    return {"decisions": decisions, "experiment": experiment}
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def resolve_threads(threads: int | None) -> int:
     if env:
         if not env.isdigit() or int(env) < 1:
             raise PipelineError(
-                f"{THREADS_ENV}={env!r} is not a positive whole number", f"unset {THREADS_ENV} or set it to e.g. 2"
+                f"{THREADS_ENV}={env!r} is not a positive whole number",
+                f"unset {THREADS_ENV} or set it to e.g. 2",
             )
         return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -12,6 +12,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+from .s3 import s3_remote  # noqa: F401  (the S3 server fixture, for every module)
 from .workspace import CORPORA, ROOT, SHARED, TIME_MACHINE  # noqa: F401
 
 GUTENBERG = CORPORA / "timemachine-gutenberg.txt"

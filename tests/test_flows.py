@@ -173,27 +173,62 @@ def test_dvc_metrics_plots_experiments_and_remote(repo):
     assert (repo / "data" / "corpus.parquet").is_file()
 
 
+def fake_better_promotion(repo: Path, run: str) -> None:
+    """Move tag promoted/<run> to a commit whose eval.json claims perplexity 1 everywhere."""
+    commit = sh("git", "rev-parse", f"promoted/{run}^{{commit}}", cwd=repo).stdout.strip()
+    path = f"data/eval/{run}/eval.json"
+    record = json.loads(sh("git", "show", f"{commit}:{path}", cwd=repo).stdout)
+    record["perplexity"] = {k: 1.0 for k in record["perplexity"]}
+    fake = repo / "fake-eval.json"
+    fake.write_text(json.dumps(record))
+    blob = sh("git", "hash-object", "-w", str(fake), cwd=repo).stdout.strip()
+    env = {**os.environ, "GIT_INDEX_FILE": str(repo / ".git" / "fake-index")}
+    for cmd in (["read-tree", commit], ["update-index", "--cacheinfo", f"100644,{blob},{path}"]):
+        subprocess.run(["git", *cmd], cwd=repo, env=env, check=True)
+    tree = subprocess.run(
+        ["git", "write-tree"], cwd=repo, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    better = sh(
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit-tree",
+        tree,
+        "-p",
+        commit,
+        "-m",
+        "better",
+        cwd=repo,
+    ).stdout.strip()
+    sh("git", "tag", "-f", f"promoted/{run}", better, cwd=repo)
+    fake.unlink()
+
+
 def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+    from flows.promotion import promoted_commit, promoted_eval
     from flows.retrain import retrain
 
     monkeypatch.chdir(repo)
     first = retrain(backend="torch", return_state=True).result()
     assert {d["decision"] for d in first["decisions"]} == {"promoted"}
-    assert first["pushed"]  # the default local remote is configured
-    promoted = repo / "data/promoted/torch-scratch"
-    assert (promoted / "model.safetensors").is_file() and (promoted / "eval.json").is_file()
+    # The promotion is a git tag on the run's experiment commit, not a local copy.
+    assert not (repo / "data/promoted").exists()
+    scratch_commit = promoted_commit(repo, "torch-scratch")
+    shown = sh("git", "show", f"{scratch_commit}:dvc.lock", cwd=repo).stdout
+    assert "data/models/torch-scratch" in shown
+    assert promoted_eval(repo, "torch-scratch")["run"] == "torch-scratch"
     # Pretend the promoted model is better than anything retraining can produce.
-    record = json.loads((promoted / "eval.json").read_text())
-    record["perplexity"] = {k: 1.0 for k in record["perplexity"]}
-    (promoted / "eval.json").write_text(json.dumps(record))
+    fake_better_promotion(repo, "torch-scratch")
     state = retrain(backend="torch", return_state=True)
     decisions = {d["run"]: d["decision"] for d in state.result()["decisions"]}
     # Same data and parameters retrain the same concise model: equal is "no worse", promoted.
     assert decisions == {"torch-scratch": "kept current", "torch-concise": "promoted"}
-    assert json.loads((promoted / "eval.json").read_text())["perplexity"]["valid"] == 1.0
+    assert promoted_eval(repo, "torch-scratch")["perplexity"]["valid"] == 1.0
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(

@@ -17,15 +17,10 @@ import pytest
 import yaml
 
 from .machines import Machine, make_origin, model_hashes
-from .workspace import free_port, spawn_logged, stop, tail, tiny_params
+from .s3 import BUCKET, boto_keys
+from .workspace import stop, tail, tiny_params
 
 pytestmark = pytest.mark.slow
-BUCKET = "rnn-remote"
-S3_KEYS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @pytest.fixture(scope="module")
@@ -43,46 +38,6 @@ def origin(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def local_remote(tmp_path_factory) -> dict[str, str]:
     return {"RNN_DVC_REMOTE": str(tmp_path_factory.mktemp("dvc-remote"))}
-
-
-@pytest.fixture(scope="module")
-def s3_remote(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 with one bucket; stopped and checked gone afterwards."""
-    import boto3
-
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = spawn_logged(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        log.parent,
-        {**os.environ, **S3_KEYS},
-        log,
-    )
-    client = boto3.client("s3", endpoint_url=endpoint, **_boto_keys())
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:
-            assert server.poll() is None and time.monotonic() < deadline, tail(log)
-            time.sleep(0.3)
-    yield {
-        "RNN_DVC_REMOTE": f"s3://{BUCKET}/store",
-        "RNN_DVC_REMOTE_ENDPOINT": endpoint,
-        **S3_KEYS,
-    }
-    stop(server)
-    assert server.poll() is not None
-
-
-def _boto_keys() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": S3_KEYS["AWS_DEFAULT_REGION"],
-    }
 
 
 @pytest.fixture
@@ -192,7 +147,7 @@ def test_training_killed_in_one_workspace_resumes_in_another(machines, s3_remote
     a, b, c = (machines(n, s3_remote) for n in ("a", "b", "c"))
     wa = a.clone()
     flow_a = a.start_flow(wa, "a", overrides=overrides, **runs)
-    s3 = boto3.client("s3", endpoint_url=s3_remote["RNN_DVC_REMOTE_ENDPOINT"], **_boto_keys())
+    s3 = boto3.client("s3", endpoint_url=s3_remote["RNN_DVC_REMOTE_ENDPOINT"], **boto_keys())
     deadline = time.monotonic() + 300
     while _pushed_epochs(s3) < 12:
         assert flow_a.poll() is None, tail(a.logs / "a.log")

@@ -39,7 +39,11 @@ def weights_digests(backend: str, threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RNN_THREADS"}
     out = subprocess.run(
         [sys.executable, "-c", TRAIN, backend, str(threads)],
-        capture_output=True, text=True, env=env, check=True, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=600,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -48,6 +52,8 @@ def weights_digests(backend: str, threads: int) -> dict[str, str]:
 def test_thread_count_changes_no_weight(backend):
     every_core = len(os.sched_getaffinity(0))
     runs = {t: weights_digests(backend, t) for t in (1, 2, 0)}  # 0: null, every core
-    assert set(runs[1]) == {f"{v}-{s}" for v in ("scratch", "concise") for s in ("sequential", "random")}
+    assert set(runs[1]) == {
+        f"{v}-{s}" for v in ("scratch", "concise") for s in ("sequential", "random")
+    }
     assert runs[2] == runs[1], "2 threads changed the weights"
     assert runs[0] == runs[1], f"every core ({every_core}) changed the weights"

@@ -1,0 +1,337 @@
+"""The worker pool end to end, brought up by the project's own stack script (`python -m pool`):
+PostgreSQL behind the Prefect server on 127.0.0.1, a bare git origin, moto's S3 server as the
+DVC remote, and two process workers, each in a directory of its own standing for a machine.
+
+1. Two pipeline runs of `rnn-pipeline/pool` (different `train.lr`) at once: each fans its grid
+   out as `rnn-train` runs, both workers train, each pipeline ends with its own results, and the
+   models hash as `dvc repro`'s with the same parameters.
+2. A worker machine killed with SIGKILL while it trains: its flow run ends Crashed within
+   CRASH_BOUND_S, the training runs again on the other worker from the pushed checkpoint and ends
+   byte-identical to an uninterrupted run.
+3. `pool up` again restarts the dead worker; the retrain deployment promotes on one worker and
+   the promotion is visible from the other machine.
+Everything started is stopped by `pool down --purge` and checked gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from .machines import git, make_origin, model_hashes
+from .workspace import ROOT, free_port, tiny_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 90
+# Crashed within: the automation's window, plus at most one heartbeat interval (the last beat
+# may have come just before the kill... or up to one interval earlier) and its evaluation.
+CRASH_BOUND_S = ZOMBIE_AFTER_S + HEARTBEAT_S + 15
+RUN_TIMEOUT_S = 900
+MACHINE_WORKERS = ("worker-1", "worker-1-pipelines", "worker-2", "worker-2-pipelines")
+SLOW_EPOCHS = 120  # ~30 s for torch-scratch on one thread: long enough to be killed mid-way
+
+
+def pool_cli(*args: str, env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "pool", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"pool {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_", "RNN_"))}
+    base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**base, **extra}
+
+
+class Api:
+    """The test's view of the Prefect server: flow runs, their logs, deployment runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @contextmanager
+    def client(self):
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.url}), get_client(sync_client=True) as c:
+            yield c
+
+    def start(self, deployment: str, parameters: dict) -> str:
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.url}):
+            return str(run_deployment(deployment, parameters=parameters, timeout=0).id)
+
+    def run(self, run_id: str):
+        with self.client() as c:
+            return c.read_flow_run(run_id)
+
+    def wait_final(self, run_ids: list[str], timeout: float = RUN_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = {i: self.run(i) for i in run_ids}
+            if all(r.state and r.state.is_final() for r in runs.values()):
+                return runs
+            assert time.monotonic() < deadline, {i: r.state for i, r in runs.items()}
+            time.sleep(2)
+
+    def logs(self, run_id: str) -> list[str]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        with self.client() as c:
+            found = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        return [log.message for log in found]
+
+    def train_runs(self) -> list:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+        with self.client() as c:
+            deployments = c.read_deployments(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["default"]))
+            )
+            ids = [d.id for d in deployments if d.entrypoint.startswith("flows/train.py")]
+            return [r for r in c.read_flow_runs() if r.deployment_id in ids]
+
+    def children(self, parent_id: str) -> list:
+        prefix = f"{self.run(parent_id).name}-"
+        return [r for r in self.train_runs() if r.name.startswith(prefix)]
+
+    def epochs_done(self, run_id: str) -> int:
+        done = [
+            int(m.split(" epoch ")[1].split("/")[0])
+            for m in self.logs(run_id)
+            if " epoch " in m and ": train ppl" in m
+        ]
+        return max(done, default=0)
+
+    def machine_of(self, run_id: str) -> str | None:
+        for message in self.logs(run_id):
+            if " on machine " in message:
+                return message.split(" on machine ")[1].split()[0]
+        return None
+
+
+def experiment(origin: Path, run, where: Path) -> dict[str, str]:
+    """dvc.lock's model hashes of a pipeline flow run's recorded experiment, read from origin."""
+    name = f"{run.name}-{str(run.id)[:8]}"
+    refs = git("ls-remote", str(origin), "refs/exps/*", cwd=where)
+    sha = next(line.split()[0] for line in refs.splitlines() if line.endswith(f"/{name}"))
+    lock = yaml.safe_load(git("--git-dir", str(origin), "show", f"{sha}:dvc.lock", cwd=where))
+    params = yaml.safe_load(git("--git-dir", str(origin), "show", f"{sha}:params.yaml", cwd=where))
+    hashes = {
+        o["path"]: o["md5"]
+        for s in lock["stages"].values()
+        for o in s.get("outs", [])
+        if o["path"].startswith("data/models/")
+    }
+    return {"hashes": hashes, "params": params, "sha": sha}
+
+
+def dvc_repro_hashes(origin: Path, params: dict, where: Path, env: dict) -> dict[str, str]:
+    git("clone", "-q", str(origin), str(where), cwd=where.parent)
+    (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["dvc", "repro", "-q"], cwd=where, env=env, check=True, capture_output=True)
+    return {k: v for k, v in model_hashes(where).items() if k.startswith("data/models/")}
+
+
+def kill_machine(worker_pids: list[int]) -> list[psutil.Process]:
+    """SIGKILL a machine's workers and every process under them, all at once, as it dies."""
+    family = []
+    for pid in worker_pids:
+        root = psutil.Process(pid)
+        family += [root, *root.children(recursive=True)]
+    for p in family:
+        p.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(family, timeout=10)
+    return alive
+
+
+def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote):
+    home = tmp_path / "stack"
+    origin = make_origin(tmp_path, tiny_params())
+    env = clean_env({k: v for k, v in s3_remote.items() if k.startswith("AWS_")})
+    port = free_port()
+    up = [
+        "up",
+        "--home",
+        str(home),
+        "--workers",
+        "2",
+        "--slots",
+        "1",
+        "--port",
+        str(port),
+        "--heartbeat",
+        str(HEARTBEAT_S),
+        "--zombie-after",
+        str(ZOMBIE_AFTER_S),
+        "--origin",
+        str(origin),
+        "--remote",
+        s3_remote["RNN_DVC_REMOTE"],
+        "--remote-endpoint",
+        s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
+    ]
+    check_env = clean_env(s3_remote)
+    stack_pids: list[int] = []
+    try:
+        status = pool_cli(*up, env=env)
+        assert status["db"] == "postgres" and status["postgres"] and status["server"]
+        assert status["workers"] == {name: True for name in MACHINE_WORKERS}
+        assert pool_cli(*up, env=env)["workers"] == status["workers"]  # idempotent
+        state = json.loads((home / "state.json").read_text())
+        stack_pids = [state["server_pid"], *state["workers"].values()]
+        api = Api(status["api"])
+
+        print(f"{time.strftime('%X')} stack up")
+        # 1. Two pipelines at once, each fanned out over both workers.
+        base = {"params_file": "params.yaml", "fan_out": True}
+        ids = {  # the second narrowed to PyTorch: fewer TensorFlow start-ups on two cores
+            1.0: api.start("rnn-pipeline/pool", base),
+            2.0: api.start(
+                "rnn-pipeline/pool",
+                {**base, "backend": "torch", "overrides": {"train": {"lr": 2.0}}},
+            ),
+        }
+        runs = api.wait_final(list(ids.values()))
+        for run in runs.values():
+            assert run.state.is_completed(), (run.state, api.logs(str(run.id))[-20:])
+        trains = api.train_runs()
+        assert len(trains) == 6 and all(r.state.is_completed() for r in trains)
+        assert {api.machine_of(str(r.id)) for r in trains} == {"worker-1", "worker-2"}
+        print(f"{time.strftime('%X')} two pipelines done")
+        recorded = {lr: experiment(origin, runs[i], tmp_path) for lr, i in ids.items()}
+        assert len(recorded[1.0]["hashes"]) == 4
+        assert recorded[2.0]["params"]["train"]["lr"] == 2.0
+        assert len(recorded[2.0]["hashes"]) == 2
+        for path, digest in recorded[2.0]["hashes"].items():
+            assert recorded[1.0]["hashes"][path] != digest  # another lr, other weights
+        (tmp_path / "repro").mkdir()
+        repro = dvc_repro_hashes(
+            origin, recorded[1.0]["params"], tmp_path / "repro" / "a", check_env
+        )
+        assert repro == recorded[1.0]["hashes"]
+
+        print(f"{time.strftime('%X')} repro compared")
+        # 2. A machine dies mid-training; its training resumes on the other one.
+        slow = {"train": {"epochs": SLOW_EPOCHS, "checkpoint_every": 10, "lr": 0.7}}
+        parent = api.start("rnn-pipeline/pool", {**base, "backend": "torch", "overrides": slow})
+        victim, deadline = None, time.monotonic() + 300
+        while victim is None:
+            assert time.monotonic() < deadline, "no training reached epoch 20 on a worker"
+            time.sleep(1)
+            parent_machine = api.machine_of(parent)
+            for r in api.children(parent) if parent_machine else []:
+                machine = api.machine_of(str(r.id))
+                if machine not in (None, parent_machine) and api.epochs_done(str(r.id)) >= 20:
+                    victim = (r, machine)
+        dead_run, dead_machine = victim
+        assert api.run(str(dead_run.id)).state.is_running()
+        killed_at = time.monotonic()
+        assert not kill_machine(
+            [state["workers"][dead_machine], state["workers"][f"{dead_machine}-pipelines"]]
+        )
+        while not api.run(str(dead_run.id)).state.is_crashed():
+            assert time.monotonic() - killed_at < CRASH_BOUND_S, api.run(str(dead_run.id)).state
+            time.sleep(1)
+        crashed_after = time.monotonic() - killed_at
+        print(f"flow run on the killed machine Crashed after {crashed_after:.0f} s")
+        final = api.wait_final([parent])[parent]
+        assert final.state.is_completed(), api.logs(parent)[-20:]
+        reruns = [
+            r for r in api.children(parent) if r.name == dead_run.name and r.id != dead_run.id
+        ]
+        assert reruns and reruns[-1].state.is_completed()
+        rerun_logs = api.logs(str(reruns[-1].id))
+        assert api.machine_of(str(reruns[-1].id)) != dead_machine
+        resumed = [
+            int(m.split("resumed from epoch ")[1].split(",")[0])
+            for m in rerun_logs
+            if "resumed from epoch " in m
+        ]
+        assert resumed and resumed[0] >= 20, rerun_logs[-10:]
+        killed = experiment(origin, final, tmp_path)
+        uninterrupted = dvc_repro_hashes(
+            origin, killed["params"], tmp_path / "repro" / "b", check_env
+        )
+        assert killed["hashes"] == uninterrupted
+
+        print(f"{time.strftime('%X')} resumed run compared")
+        # 3. The dead machine comes back; retraining promotes where every machine sees it.
+        assert pool_cli(*up, env=env)["workers"] == {name: True for name in MACHINE_WORKERS}
+        state = json.loads((home / "state.json").read_text())
+        stack_pids = [state["server_pid"], *state["workers"].values()]
+        retrain = api.start("rnn-retrain/weekly", {"backend": "tf", "fan_out": True})
+        done = api.wait_final([retrain])[retrain]
+        assert done.state.is_completed(), api.logs(retrain)[-20:]
+        promoter = api.machine_of(retrain)
+        tags = git("ls-remote", str(origin), "refs/tags/promoted/*", cwd=tmp_path)
+        assert {line.rsplit("/", 1)[1] for line in tags.split("\n") if line} == {
+            "tf-scratch",
+            "tf-concise",
+        }
+        other = next(m for m in ("worker-1", "worker-2") if m != promoter)
+        view = home / "machines" / other / "view"
+        git("clone", "-q", str(origin), str(view), cwd=view.parent)
+        git("fetch", "-q", "origin", "refs/tags/promoted/*:refs/tags/promoted/*", cwd=view)
+        git("checkout", "-q", "promoted/tf-concise", cwd=view)
+        sh = {"cwd": view, "env": check_env, "check": True, "capture_output": True}
+        subprocess.run(
+            ["dvc", "remote", "add", "--local", "-d", "s3", s3_remote["RNN_DVC_REMOTE"]], **sh
+        )
+        subprocess.run(
+            [
+                "dvc",
+                "remote",
+                "modify",
+                "--local",
+                "s3",
+                "endpointurl",
+                s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
+            ],
+            **sh,
+        )
+        subprocess.run(["dvc", "pull", "-q", "train@tf-concise"], **sh)
+        record = json.loads((view / "data/models/tf-concise/run.json").read_text())
+        assert record["variant"] == "concise"
+        evaluated = json.loads((view / "data/eval/tf-concise/eval.json").read_text())
+        assert evaluated["run"] == "tf-concise"
+    finally:
+        saved = home / "state.json"
+        pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None
+        pg_dir = (pg or {}).get("data_dir", "/nonexistent-pg-dir")
+        stopped = pool_cli("down", "--home", str(home), "--purge", env=env)
+        gone = [
+            pid
+            for pid in stack_pids
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
+        assert not gone, f"left running: {gone}"
+        postgres = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if pg_dir in " ".join(p.info["cmdline"] or [])
+        ]
+        assert not postgres, f"postgres left running: {postgres}"
+        assert not Path(pg_dir).exists() and not home.exists()
+        assert "postgres" in stopped["stopped"]
