@@ -69,15 +69,21 @@ def commit(root: Path, stages: list[str]) -> None:
 
 
 def has_remote(root: Path) -> bool:
-    return bool(run_dvc(root, "remote", "list", check=False).stdout.strip())
+    from dvc.config import Config
+
+    return bool(Config(str(root / ".dvc")).get("remote"))
 
 
 def use_shared_remote(root: Path, url: str, endpoint: str | None = None) -> None:
     """Point this workspace (only: `--local` config, not in git) at the shared remote ``url``.
-    Credentials stay in the environment (AWS_* for S3), never in any config file."""
-    run_dvc(root, "remote", "add", "--local", "--default", "--force", SHARED_REMOTE, url)
-    if endpoint:
-        run_dvc(root, "remote", "modify", "--local", SHARED_REMOTE, "endpointurl", endpoint)
+    Credentials stay in the environment (AWS_* for S3), never in any config file. (DVC's config
+    API in this process: each `dvc remote` command would start a Python of its own.)"""
+    from dvc.config import Config
+
+    remote = {"url": url, **({"endpointurl": endpoint} if endpoint else {})}
+    with Config(str(root / ".dvc")).edit("local") as conf:
+        conf["remote"][SHARED_REMOTE] = remote
+        conf["core"]["remote"] = SHARED_REMOTE
 
 
 def connect_remote(root: Path) -> bool:

@@ -60,3 +60,17 @@ def harness(tmp_path_factory):
         prefect_test_harness(server_startup_timeout=120),
     ):
         yield store
+
+
+@pytest.fixture(scope="session")
+def tiny_repro_hashes(tmp_path_factory) -> dict[str, str]:
+    """`dvc repro` with the tiny parameters in a plain clone of an origin: the model and data
+    hashes every workspace, machine and pool run with those parameters must match."""
+    from .machines import Machine, make_origin, model_hashes
+    from .workspace import tiny_params
+
+    base = tmp_path_factory.mktemp("plain")
+    m = Machine(base, make_origin(base, tiny_params()), "http://127.0.0.1:9/api", {})
+    checkout = m.clone()
+    m.run("dvc", "repro", cwd=checkout)
+    return model_hashes(checkout)

@@ -67,15 +67,6 @@ def lr_of(checkout: Path, run: str) -> float:
     ]
 
 
-@pytest.fixture(scope="module")
-def plain_repro_hashes(tmp_path_factory, origin) -> dict[str, str]:
-    """`dvc repro` in a plain clone of origin: the reference every workspace must match."""
-    m = Machine(tmp_path_factory.mktemp("plain"), origin, "http://127.0.0.1:9/api", {})
-    checkout = m.clone()
-    m.run("dvc", "repro", cwd=checkout)
-    return model_hashes(checkout)
-
-
 def test_concurrent_runs_get_their_own_workspaces_and_one_workspace_one_writer(
     machines, local_remote
 ):
@@ -119,7 +110,7 @@ def test_concurrent_runs_get_their_own_workspaces_and_one_workspace_one_writer(
 
 @pytest.mark.parametrize("remote", ["local", "s3"])
 def test_machine_b_restores_every_stage_and_trains_nothing(
-    machines, remote, request, plain_repro_hashes
+    machines, remote, request, tiny_repro_hashes
 ):
     env = request.getfixturevalue(f"{remote}_remote")
     a, b = machines("a", env), machines("b", env)
@@ -133,7 +124,7 @@ def test_machine_b_restores_every_stage_and_trains_nothing(
     assert second["trained"] == []  # every training restored, none rerun
     assert {"ingest", "vocab", "partition"} <= set(second["restored"])
     assert all(f"train@{r}" in second["restored"] for r in first["trained"])
-    assert model_hashes(wb) == model_hashes(wa) == plain_repro_hashes
+    assert model_hashes(wb) == model_hashes(wa) == tiny_repro_hashes
     assert b.run("dvc", "status", "--json", cwd=wb).stdout.strip() in ("{}", "")
 
 
