@@ -27,6 +27,7 @@ import rnn
 from flows import dvc_sync
 from rnn.atomic import atomic_path
 from rnn.config import Params, load_params, validate_params
+from rnn.engine import THREADS_ENV as ENGINE_THREADS_ENV
 from rnn.errors import PipelineError
 from rnn.lock import workspace_lock
 from rnn.workspace import Workspace, run_name
@@ -129,9 +130,19 @@ def run_data_stages(plan: Stages, ws: Workspace, pdict: dict) -> None:
     )
 
 
+def share_cores(runs_at_once: int) -> None:
+    """Runs trained side by side in one process split its cores: with train.threads null each
+    would take them all, and OpenMP threads spinning on oversubscribed cores slow every run
+    several-fold. The weights do not depend on it (tests/test_threads.py)."""
+    if ENGINE_THREADS_ENV not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        os.environ[ENGINE_THREADS_ENV] = str(max(1, cores // max(1, runs_at_once)))
+
+
 def train_here(ws, plan, pdict, runs, names, shared) -> tuple[list[dict], list[dict]]:
     """Every run trained side by side in this process (task threads), then evaluated."""
     root = str(ws.root)
+    share_cores(len(runs))
     trained = [
         plan.runnable(train_task, stage, ws.model(b, v)).submit(
             root, pdict, b, v, share_checkpoints=shared, reuse=plan.reuse(stage)

@@ -65,10 +65,6 @@ class Workspace:
         return self.data / "eval"
 
     @property
-    def promoted(self) -> Path:
-        return self.data / "promoted"
-
-    @property
     def reports(self) -> Path:
         return self.root / "reports"
 
