@@ -3,17 +3,21 @@ runs share: ask DVC which stages are stale, restore a stage that any workspace a
 from the run-cache instead of recomputing it, record what the flow produced in dvc.lock (`dvc
 commit`), push outputs and run-cache, and record the run as a DVC experiment in git.
 
-Every function takes the workspace root; none relies on the process's current directory.
+Every function takes the workspace root; none relies on the process's current directory. DVC
+runs in this process where its API allows (each `dvc` command would start a Python of its own,
+about a second of imports); `dvc exp save` and `exp push` stay commands because DVC's experiment
+executor changes the process's working directory.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -51,21 +55,36 @@ class DvcError(RuntimeError):
     """A DVC command failed; the message carries its error output."""
 
 
+@contextmanager
+def dvc_repo(root: Path, doing: str) -> Iterator:
+    """DVC's repository at ``root``, its errors raised as one DvcError naming what failed."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            yield repo
+    except DvcException as err:
+        raise DvcError(f"dvc {doing} failed in {root}: {err}") from err
+
+
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=check)
 
 
 def stale_stages(root: Path) -> set[str]:
     """Stages `dvc repro` would run (changed deps, params or outputs); all-up-to-date -> empty."""
-    result = run_dvc(root, "status", "--json")
-    return set(json.loads(result.stdout or "{}"))
+    with dvc_repo(root, "status") as repo:
+        return set(repo.status())
 
 
 def commit(root: Path, stages: list[str]) -> None:
     """Record the workspace's outputs of ``stages`` in dvc.lock (and the run-cache), as `dvc
     repro` would have."""
     if stages:
-        run_dvc(root, "commit", "--force", *stages)
+        with dvc_repo(root, "commit") as repo:
+            for stage in stages:
+                repo.commit(stage, force=True)
 
 
 def has_remote(root: Path) -> bool:
@@ -131,23 +150,22 @@ def push(root: Path, stages: list[str]) -> str:
     """Push ``stages``' outputs and the run-cache to the default remote, including the
     outputs left to git (`cache: false`: metrics, evaluations, the report), which `dvc push
     --run-cache` skips although the run-cache needs them to restore a stage elsewhere."""
-    from dvc.repo import Repo
+    from dvc_data.hashfile.transfer import transfer
 
-    result = run_dvc(root, "push", "--run-cache", *stages)
-    with Repo(str(root)) as repo, repo.lock:
-        uncached = set()
-        for stage in repo.index.stages:
-            if stage.addressing not in stages:
-                continue
-            for out in stage.outs:
-                if not out.use_cache and out.hash_info and out.hash_info.value:
-                    uncached |= _objects(repo, out.hash_info)
-        # not DataCloud.push: its remote index counts a directory as pushed once its listing is
-        from dvc_data.hashfile.transfer import transfer
-
-        transfer(repo.cache.local, repo.cloud.get_remote_odb(None, "push"), uncached)
-    lines = (result.stdout or result.stderr).strip().splitlines()
-    return lines[-1] if lines else "ok"
+    with dvc_repo(root, "push") as repo:
+        pushed = repo.push(stages, run_cache=True)
+        with repo.lock:
+            uncached = set()
+            for stage in repo.index.stages:
+                if stage.addressing not in stages:
+                    continue
+                for out in stage.outs:
+                    if not out.use_cache and out.hash_info and out.hash_info.value:
+                        uncached |= _objects(repo, out.hash_info)
+            # not DataCloud.push: its remote index counts a directory as pushed once its
+            # listing is
+            transfer(repo.cache.local, repo.cloud.get_remote_odb(None, "push"), uncached)
+    return f"{pushed} file(s) pushed" if pushed else "everything is up to date"
 
 
 def _objects(repo, hash_info) -> set:

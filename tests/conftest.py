@@ -25,6 +25,16 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test corpora not found under {CORPORA}; set RNN_SHARED")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first (servers, then other slow tests), so that test processes running side by
+    side (pytest-xdist) finish together instead of one waiting on a late end-to-end test."""
+
+    def rank(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def time_machine_text() -> str:
     return TIME_MACHINE.read_text(encoding="utf-8")

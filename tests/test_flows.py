@@ -161,7 +161,7 @@ def test_dvc_metrics_plots_experiments_and_remote(repo):
     assert "train" in json.dumps(metrics) and "perplexity" in json.dumps(metrics)
     sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
     assert (repo / "plots_out" / "index.html").is_file()
-    sh("dvc", "exp", "run", "-S", "train.lr=0.5", cwd=repo)
+    sh("dvc", "exp", "run", "-S", "train.lr=0.5", "evaluate@torch-concise", cwd=repo)
     exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
     assert "0.5" in exps and "perplexity" in exps
     # The default remote is a local directory: push, drop the cache, pull back.
