@@ -11,7 +11,7 @@ fresh subprocess with the copy as working directory and first on ``PYTHONPATH``,
 no outputs (``data/`` and ``reports/`` deleted):
 
 * ``direct``: ``rnn.corpus.ingest``, ``rnn.vocab.build_vocab``, ``rnn.partition.partition``,
-  ``rnn.stages``' train for each backend x variant, evaluate for each, report, in that order,
+  ``rnn.stages``' train for each backend x variant x model, evaluate for each, report, in that order,
   in one thread;
 * ``flow``: ``flows.pipeline.pipeline()`` against a Prefect server started once for the
   benchmark with ``prefect server start`` (SQLite, private ``PREFECT_HOME``; its startup is
@@ -69,18 +69,19 @@ from pathlib import Path
 t0 = time.perf_counter()
 from rnn import stages
 from rnn.config import load_params
+from rnn.registry import grid
 from rnn.workspace import Workspace
 t1 = time.perf_counter()
 ws = Workspace.at(Path.cwd())
 p = load_params(ws.params_file)
-runs = [(b, v) for b in p.train.backends for v in p.train.variants]
+runs = grid(p.train.backends, p.train.variants, p.train.models)
 stages.ingest_stage(ws, p)
 stages.vocab_stage(ws, p)
 stages.partition_stage(ws, p)
-for b, v in runs:
-    stages.train_stage(ws, p, b, v, progress=False)
-for b, v in runs:
-    stages.evaluate_stage(ws, p, b, v)
+for run in runs:
+    stages.train_stage(ws, p, run, progress=False)
+for run in runs:
+    stages.evaluate_stage(ws, p, run)
 stages.report_stage(ws, runs)
 t2 = time.perf_counter()
 print("RESULT " + json.dumps({"import_s": t1 - t0, "run_s": t2 - t1, "runs": len(runs)}))

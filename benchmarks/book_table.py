@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import prepare_data
 
 from rnn.config import Params, PartitionConfig, TrainConfig
+from rnn.registry import RunKey
 from rnn.train import train_model
 
 # (backend, variant, sampling) -> the book's printed training perplexity (upper end of its range).
@@ -57,8 +58,7 @@ def main() -> int:
                 partition=pcfg, train=TrainConfig(epochs=args.epochs, checkpoint_every=0)
             )
             s = train_model(
-                backend,
-                variant,
+                RunKey(backend, variant, "rnn"),
                 params,
                 part_dir,
                 vocab_dir,

@@ -46,6 +46,7 @@ def time_training(
     device: str = "cpu",
     epochs: int = 2,
     threads: int | None = None,
+    cell: str = "rnn",
 ) -> dict:
     """Tokens/s of our engine at the book's settings (batch 32 x 35, sequential, lr 1, theta 1)
     over ``epochs`` whole epochs, after one warm-up epoch (tracing, compilation, allocation)."""
@@ -54,6 +55,7 @@ def time_training(
         variant,
         vocab_size,
         hiddens,
+        cell=cell,
         lr=1.0,
         theta=1.0,
         device=device,

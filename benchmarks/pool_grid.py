@@ -38,11 +38,8 @@ SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
 def grid_params(epochs: int) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["ingest"].update(source=str(SHARED / "corpora" / "timemachine.txt"), sha1=None)
-    params["train"].update(
-        epochs=epochs,
-        checkpoint_every=0,
-        models={"scratch": {"num_hiddens": 256}, "concise": {"num_hiddens": 128}},
-    )
+    params["train"].update(epochs=epochs, checkpoint_every=0)
+    params["models"]["rnn"]["num_hiddens"] = {"scratch": 256, "concise": 128}
     return params
 
 
@@ -106,7 +103,7 @@ def measure(api_url: str, seed: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""The pipeline flow: ingest -> vocabulary -> partition -> train every backend x variant
+"""The pipeline flow: ingest -> vocabulary -> partition -> train every backend x variant x model
 concurrently -> evaluate -> report, with the report published as Prefect artifacts.
 
 Each run holds its workspace (a second run there fails at once, naming this one). Its
@@ -30,7 +30,8 @@ from rnn.config import Params, load_params, validate_params
 from rnn.engine import THREADS_ENV as ENGINE_THREADS_ENV
 from rnn.errors import PipelineError
 from rnn.lock import workspace_lock
-from rnn.workspace import Workspace, run_name
+from rnn.registry import RunKey, grid
+from rnn.workspace import Workspace
 from tasks.caching import with_outputs
 from tasks.stages import (
     evaluate_task,
@@ -86,9 +87,11 @@ def downstream(stale: set[str], stages: dict[str, list[str]]) -> set[str]:
     return out
 
 
-def stage_names(runs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    names = [run_name(b, v) for b, v in runs]
-    return {"train": [f"train@{n}" for n in names], "evaluate": [f"evaluate@{n}" for n in names]}
+def stage_names(runs: list[RunKey]) -> dict[str, list[str]]:
+    return {
+        "train": [f"train@{r.name}" for r in runs],
+        "evaluate": [f"evaluate@{r.name}" for r in runs],
+    }
 
 
 class Stages:
@@ -144,17 +147,23 @@ def train_here(ws, plan, pdict, runs, names, shared) -> tuple[list[dict], list[d
     root = str(ws.root)
     share_cores(len(runs))
     trained = [
-        plan.runnable(train_task, stage, ws.model(b, v)).submit(
-            root, pdict, b, v, share_checkpoints=shared, reuse=plan.reuse(stage)
+        plan.runnable(train_task, stage, ws.model(r)).submit(
+            root,
+            pdict,
+            r.backend,
+            r.variant,
+            r.model,
+            share_checkpoints=shared,
+            reuse=plan.reuse(stage),
         )
-        for (b, v), stage in zip(runs, names["train"], strict=True)
+        for r, stage in zip(runs, names["train"], strict=True)
     ]
     evaluated = []
-    for (b, v), stage, t in zip(runs, names["evaluate"], trained, strict=True):
+    for r, stage, t in zip(runs, names["evaluate"], trained, strict=True):
         t.wait()  # its model must be on disk before the run-cache can match the evaluation
         evaluated.append(
-            plan.runnable(evaluate_task, stage, ws.eval_of(b, v)).submit(
-                root, pdict, b, v, reuse=plan.reuse(stage), wait_for=[t]
+            plan.runnable(evaluate_task, stage, ws.eval_of(r)).submit(
+                root, pdict, r.backend, r.variant, r.model, reuse=plan.reuse(stage), wait_for=[t]
             )
         )
     wait(evaluated)
@@ -172,34 +181,36 @@ def train_on_pool(ws, plan, params: Params, runs, names) -> tuple[list[dict], li
     dvc_sync.push(ws.root, list(DATA_STAGES))
     code = dvc_sync.git(ws.root, "rev-parse", "HEAD").stdout.strip()
     pending = [
-        (b, v)
-        for (b, v), t, e in zip(runs, names["train"], names["evaluate"], strict=True)
+        r
+        for r, t, e in zip(runs, names["train"], names["evaluate"], strict=True)
         if not (plan.reuse(t) and plan.reuse(e))
     ]
     futures = [
-        train_on_worker.submit(params.model_dump(), b, v, code, f"{flow_run.name}-{run_name(b, v)}")
-        for b, v in pending
+        train_on_worker.submit(
+            params.model_dump(), r.backend, r.variant, r.model, code, f"{flow_run.name}-{r.name}"
+        )
+        for r in pending
     ]
     wait(futures)
     on_pool = {f.result()["run"]: f.result() for f in futures}  # raises a run's failure
     dvc_sync.fetch_run_cache(ws.root)
     training, evals = [], []
-    for (b, v), t, e in zip(runs, names["train"], names["evaluate"], strict=True):
+    for r, t, e in zip(runs, names["train"], names["evaluate"], strict=True):
         if not (plan.reuse(t) and plan.reuse(e)):
             raise PipelineError(
-                f"{run_name(b, v)} finished on the pool but its outputs are not in the remote",
+                f"{r.name} finished on the pool but its outputs are not in the remote",
                 "check the DVC remote and rerun the pipeline (finished runs are restored)",
             )
-        record = read_record(ws.model(b, v))
+        record = read_record(ws.model(r))
         training.append(
             {
-                "run": run_name(b, v),
-                "reused": run_name(b, v) not in on_pool,
+                "run": r.name,
+                "reused": r.name not in on_pool,
                 "train_perplexity": record["train_perplexity"],
-                **on_pool.get(run_name(b, v), {}),
+                **on_pool.get(r.name, {}),
             }
         )
-        evals.append(read_eval(ws.eval_of(b, v)))
+        evals.append(read_eval(ws.eval_of(r)))
     return training, evals
 
 
@@ -208,36 +219,41 @@ def pipeline(
     params_file: str = "params.yaml",
     backend: str | None = None,
     variant: str | None = None,
+    model: str | None = None,
     overrides: dict[str, Any] | None = None,
     workdir: str | None = None,
     record: bool = True,
     fan_out: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline in one workspace (``workdir``, default: the current directory,
-    which a deployment run's pull steps make a fresh clone). ``backend``/``variant`` restrict the
-    grid to one of each (written into the parameters like any override); ``record`` saves the
+    which a deployment run's pull steps make a fresh clone). ``backend``/``variant``/``model``
+    restrict the grid to one of each (written into the parameters like any override); ``record``
+    saves the
     run as a DVC experiment pushed to git origin; ``fan_out`` trains and evaluates each run of
     the grid as a run of the `rnn-train` deployment on the pool (flows/train.py) instead of here."""
     ws = Workspace.at(workdir or Path.cwd())
     with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
-        return _pipeline(ws, params_file, backend, variant, overrides, record, fan_out)
+        narrowed = {
+            k: [v]
+            for k, v in (("backends", backend), ("variants", variant), ("models", model))
+            if v
+        }
+        return _pipeline(ws, params_file, narrowed, overrides, record, fan_out)
 
 
 def _pipeline(
     ws: Workspace,
     params_file: str,
-    backend: str | None,
-    variant: str | None,
+    narrowed: dict[str, list[str]],
     overrides: dict[str, Any] | None,
     record: bool,
     fan_out: bool,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    # One backend or variant is the grid narrowed in the parameters, so that dvc.lock, the
-    # report and the recorded experiment all describe exactly the runs this flow run made.
-    narrowed = {k: [v] for k, v in (("backends", backend), ("variants", variant)) if v}
+    # One backend, variant or model is the grid narrowed in the parameters, so that dvc.lock,
+    # the report and the recorded experiment all describe exactly the runs this flow run made.
     params = adopt_params(ws, params_file, merge(overrides or {}, {"train": narrowed}))
-    runs = [(b, v) for b in params.train.backends for v in params.train.variants]
+    runs = grid(params.train.backends, params.train.variants, params.train.models)
     tracked = dvc_sync.in_dvc_repo(ws.root)
     shared = tracked and dvc_sync.connect_remote(ws.root)
     if fan_out and not shared:
@@ -313,6 +329,7 @@ def publish(rows: list[dict], evals: list[dict]) -> None:
                 "test ppl": None
                 if r["test_perplexity"] is None
                 else round(r["test_perplexity"], 3),
+                "model": r["model"],
                 "tokens/s": round(r["tokens_per_s"]),
                 "wall time (s)": round(r["wall_time_s"], 1),
                 "parameters": r["num_params"],

@@ -1,4 +1,5 @@
-"""One backend x variant as a flow run of its own: the unit the pipeline fans out over the pool.
+"""One backend x variant x model as a flow run of its own: the unit the pipeline fans out over
+the pool.
 
 A run of the `rnn-train` deployment clones the origin (pull steps), checks out the commit its
 pipeline run was at, takes that run's parameters, restores the data stages from the DVC
@@ -6,7 +7,8 @@ run-cache (the pipeline pushed them), trains (resuming from the remote's checkpo
 earlier attempt died) inside one slot of the global `rnn-training` limit, evaluates, and pushes
 its outputs and run-cache entries. It meets the other runs only through git, the DVC remote and
 the Prefect server. `prefect deployment run rnn-train/default --param backend=tf --param
-variant=concise` trains one variant with the clone's params.yaml.
+variant=concise` trains one variant with the clone's params.yaml (``--param model=gru`` picks a
+model other than the first of ``train.models``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from flows.pipeline import (
     run_data_stages,
     stage_names,
 )
+from rnn.config import load_params
 from rnn.errors import PipelineError
 from rnn.lock import workspace_lock
+from rnn.registry import RunKey
 from rnn.workspace import Workspace
 from tasks.caching import with_outputs
 from tasks.stages import evaluate_task, train_task
@@ -69,41 +73,46 @@ def check_out(root: Path, sha: str) -> None:
 def train_variant(
     backend: str,
     variant: str,
+    model: str | None = None,
     params: dict[str, Any] | None = None,
     params_file: str = "params.yaml",
     code: str | None = None,
     workdir: str | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate ``backend`` x ``variant`` in this run's workspace. ``params`` (a
-    pipeline run's complete parameters) override ``params_file``; ``code`` is the commit to run."""
+    """Train and evaluate ``backend`` x ``variant`` x ``model`` (default: the first of
+    ``train.models``) in this run's workspace. ``params`` (a pipeline run's complete parameters)
+    override ``params_file``; ``code`` is the commit to run."""
     ws = Workspace.at(workdir or Path.cwd())
     with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
-        return _train_variant(ws, backend, variant, params, params_file, code)
+        return _train_variant(ws, backend, variant, model, params, params_file, code)
 
 
-def _train_variant(ws, backend, variant, params, params_file, code) -> dict[str, Any]:
+def _train_variant(ws, backend, variant, model, params, params_file, code) -> dict[str, Any]:
     logger = get_run_logger()
     machine = machine_name()
-    logger.info("%s-%s on machine %s in %s", backend, variant, machine, ws.root)
     if not dvc_sync.in_dvc_repo(ws.root):
         raise PipelineError(f"{ws.root} is not a DVC repository", "run rnn-train in a clone")
     if code:
         check_out(ws.root, code)
-    narrowed = {"train": {"backends": [backend], "variants": [variant]}}
+    if model is None:
+        model = (params or load_params(ws.resolve(params_file)).model_dump())["train"]["models"][0]
+    run = RunKey(backend, variant, model)
+    logger.info("%s on machine %s in %s", run.name, machine, ws.root)
+    narrowed = {"train": {"backends": [backend], "variants": [variant], "models": [model]}}
     run_params = adopt_params(ws, params_file, merge(params or {}, narrowed))
     shared = dvc_sync.connect_remote(ws.root)
     if shared:
         dvc_sync.fetch_run_cache(ws.root)
-    names = stage_names([(backend, variant)])
+    names = stage_names([run])
     plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), names))
     pdict, root = run_params.model_dump(), str(ws.root)
     run_data_stages(plan, ws, pdict)
     train_stage, eval_stage = names["train"][0], names["evaluate"][0]
     reuse = plan.reuse(train_stage)
     with training_slot(on_pool=deployment.id is not None and not reuse):
-        trained = with_outputs(
-            train_task, ws.model(backend, variant), stale=plan.needs_work(train_stage)
-        )(root, pdict, backend, variant, share_checkpoints=shared, reuse=reuse)
+        trained = with_outputs(train_task, ws.model(run), stale=plan.needs_work(train_stage))(
+            root, pdict, backend, variant, model, share_checkpoints=shared, reuse=reuse
+        )
     if not trained.get("reused"):
         logger.info(
             "%s trained: resumed from epoch %d, %d epochs in %.2f s",
@@ -112,9 +121,9 @@ def _train_variant(ws, backend, variant, params, params_file, code) -> dict[str,
             trained["epochs"],
             trained["wall_time_s"],
         )
-    evaluated = with_outputs(
-        evaluate_task, ws.eval_of(backend, variant), stale=plan.needs_work(eval_stage)
-    )(root, pdict, backend, variant, reuse=plan.reuse(eval_stage))
+    evaluated = with_outputs(evaluate_task, ws.eval_of(run), stale=plan.needs_work(eval_stage))(
+        root, pdict, backend, variant, model, reuse=plan.reuse(eval_stage)
+    )
     done = ["ingest", "vocab", "partition", train_stage, eval_stage]
     dvc_sync.commit(ws.root, [s for s in done if plan.needs_work(s)])
     if shared:

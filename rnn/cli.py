@@ -18,7 +18,8 @@ from rnn import stages
 from rnn.config import Params, load_params
 from rnn.errors import PipelineError
 from rnn.lock import workspace_lock
-from rnn.workspace import Workspace, run_name
+from rnn.registry import RunKey, grid
+from rnn.workspace import Workspace
 
 app = typer.Typer(
     help="Train and compare RNN language models: each subcommand is one pipeline stage.",
@@ -125,6 +126,27 @@ def partition(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
 
 Backend = Annotated[str, typer.Option("--backend", "-b", help="torch | tf")]
 Variant = Annotated[str, typer.Option("--variant", "-v", help="scratch | concise")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="a name from params.yaml's models [default: first of train.models]"
+    ),
+]
+
+
+def run_key(params: Params, backend: str, variant: str, model: str | None) -> RunKey:
+    """The run these options name; unknown names fail with the valid choices."""
+    from rnn.engine import backend_module
+    from rnn.registry import IMPLEMENTATIONS
+
+    backend_module(backend)  # an unknown or missing backend fails here, in one line
+    if variant not in IMPLEMENTATIONS:
+        raise PipelineError(
+            f"unknown variant {variant!r}", f"choose one of {', '.join(IMPLEMENTATIONS)}"
+        )
+    name = model or params.train.models[0]
+    params.model(name)  # an unknown model fails here, listing the defined ones
+    return RunKey(backend, variant, name)
 
 
 @app.command()
@@ -132,27 +154,34 @@ Variant = Annotated[str, typer.Option("--variant", "-v", help="scratch | concise
 def train(
     backend: Backend,
     variant: Variant,
+    model: ModelOpt = None,
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
     epoch_budget: Annotated[
         int | None, typer.Option(help="stop after this many epochs; resume later")
     ] = None,
 ) -> None:
-    """Train one backend x variant (resuming from its latest checkpoint if there is one)."""
+    """Train one backend x variant x model (resuming from its latest checkpoint if there is one)."""
     ws, cfg = open_workspace(workdir, params)
-    with writing(ws, f"train {run_name(backend, variant)}"):
-        echo_summary(stages.train_stage(ws, cfg, backend, variant, epoch_budget=epoch_budget))
+    run = run_key(cfg, backend, variant, model)
+    with writing(ws, f"train {run.name}"):
+        echo_summary(stages.train_stage(ws, cfg, run, epoch_budget=epoch_budget))
 
 
 @app.command()
 @one_line_errors
 def evaluate(
-    backend: Backend, variant: Variant, params: ParamsOpt = None, workdir: WorkdirOpt = None
+    backend: Backend,
+    variant: Variant,
+    model: ModelOpt = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
 ) -> None:
     """Perplexity on each split and generated samples for one trained run: data/eval/."""
     ws, cfg = open_workspace(workdir, params)
-    with writing(ws, f"evaluate {run_name(backend, variant)}"):
-        echo_summary(stages.evaluate_stage(ws, cfg, backend, variant))
+    run = run_key(cfg, backend, variant, model)
+    with writing(ws, f"evaluate {run.name}"):
+        echo_summary(stages.evaluate_stage(ws, cfg, run))
 
 
 @app.command()
@@ -164,9 +193,9 @@ def report(
         Path | None, typer.Option(help="report directory [default: WORKDIR/reports]")
     ] = None,
 ) -> None:
-    """Compare every trained backend x variant: markdown table, JSON and perplexity curves."""
+    """Compare every trained run of the grid: markdown table, JSON and perplexity curves."""
     ws, cfg = open_workspace(workdir, params)
-    runs = [(b, v) for b in cfg.train.backends for v in cfg.train.variants]
+    runs = grid(cfg.train.backends, cfg.train.variants, cfg.train.models)
     target = out or ws.reports
     with writing(ws, "report"):
         stages.report_stage(ws, runs, target)
@@ -178,6 +207,7 @@ def report(
 def generate(
     backend: Backend,
     variant: Variant,
+    model: ModelOpt = None,
     prefix: Annotated[str, typer.Option(help="text to warm the state up on")] = "time traveller",
     num_preds: Annotated[int, typer.Option(min=1)] = 50,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy argmax")] = 0.0,
@@ -191,8 +221,9 @@ def generate(
     from rnn.vocab import Vocab
 
     ws, loaded = open_workspace(workdir, params)
+    run = run_key(loaded, backend, variant, model)
     vocab = Vocab.load(ws.vocab)
-    engine = load_trained(backend, variant, loaded, ws.model(backend, variant), vocab)
+    engine = load_trained(backend, variant, loaded, ws.model(run), vocab)
     typer.echo(generate_text(engine, vocab, prefix, num_preds, temperature, top_k, seed))
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rnn.errors import PipelineError
+from rnn.registry import BACKENDS, IMPLEMENTATIONS, Backend, CellName, Implementation
 
 TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -93,23 +94,71 @@ class PartitionConfig(StrictModel):
         return self
 
 
+ModelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
 class ModelConfig(StrictModel):
-    num_hiddens: PositiveInt
+    """A named architecture (a ``models`` entry); the grid trains it in every implementation."""
+
+    cell: CellName = "rnn"
+    # One size for every implementation, or one per implementation (the book's table gives the
+    # scratch RNN 512 units and the concise one 256).
+    num_hiddens: PositiveInt | dict[Implementation, PositiveInt] = 256
+    num_layers: PositiveInt = 1
+    # Dropout on each layer's output (between stacked layers and before the output layer) while
+    # training; 0 = none (the book's).
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    def hiddens(self, variant: str) -> int:
+        if isinstance(self.num_hiddens, int):
+            return self.num_hiddens
+        if variant not in self.num_hiddens:
+            raise PipelineError(
+                f"this model gives num_hiddens for {', '.join(self.num_hiddens)} but not {variant}",
+                f"add {variant}: N under its num_hiddens, or give one number for all",
+            )
+        return self.num_hiddens[variant]
 
 
 def _book_models() -> dict[str, ModelConfig]:
-    return {"scratch": ModelConfig(num_hiddens=512), "concise": ModelConfig(num_hiddens=256)}
+    return {"rnn": ModelConfig(cell="rnn", num_hiddens={"scratch": 512, "concise": 256})}
+
+
+class OptimizerConfig(StrictModel):
+    """``sgd`` is the book's; ``adam``/``adamw`` are PyTorch's update rules (TensorFlow runs the
+    same formulas). ``weight_decay`` decays the weight matrices only (not biases): added to the
+    gradient for sgd and adam (L2), decoupled for adamw."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    eps: Annotated[float, Field(gt=0.0)] = 1e-8
+
+
+class ScheduleConfig(StrictModel):
+    """The learning rate per step: ``constant`` (the book's); ``cosine``: linear warm-up over
+    ``warmup_steps``, then cosine decay to ``min_lr`` at the last step (nanoGPT's); ``plateau``:
+    multiply by ``factor`` whenever validation perplexity has not improved for ``patience``
+    epochs (word_language_model's). A warm-up applies to every schedule."""
+
+    name: Literal["constant", "cosine", "plateau"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    min_lr: Annotated[float, Field(ge=0.0)] = 0.0
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    patience: Annotated[int, Field(ge=0)] = 0
 
 
 class TrainConfig(StrictModel):
-    backends: list[Literal["torch", "tf"]] = Field(default_factory=lambda: ["torch", "tf"])
-    variants: list[Literal["scratch", "concise"]] = Field(
-        default_factory=lambda: ["scratch", "concise"]
-    )
-    models: dict[Literal["scratch", "concise"], ModelConfig] = Field(default_factory=_book_models)
+    backends: list[Backend] = Field(default_factory=lambda: list(BACKENDS))
+    variants: list[Implementation] = Field(default_factory=lambda: list(IMPLEMENTATIONS))
+    models: list[ModelName] = Field(default_factory=lambda: ["rnn"])  # names from ``models``
     epochs: PositiveInt = 500
     lr: Annotated[float, Field(gt=0)] = 1.0
-    theta: Annotated[float, Field(gt=0)] = 1.0
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    theta: Annotated[float, Field(gt=0)] | None = 1.0  # global-norm clipping; null = none
+    keep_best: bool = False  # the model is the epoch with the best validation perplexity
+    early_stop_patience: Annotated[int, Field(ge=0)] = 0  # epochs without improvement; 0 = off
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda", "mps", "gpu"] = "cpu"
     checkpoint_every: Annotated[int, Field(ge=0)] = 50
@@ -118,12 +167,20 @@ class TrainConfig(StrictModel):
     # null: every core this process may use, or RNN_THREADS where the pool sets a slot's share.
     threads: Annotated[int, Field(ge=1)] | None = None
 
+    @property
+    def uses_validation(self) -> bool:
+        return self.keep_best or self.early_stop_patience > 0 or self.schedule.name == "plateau"
+
 
 class EvaluateConfig(StrictModel):
     prefixes: list[str] = Field(default_factory=lambda: ["time traveller", "traveller"])
     num_preds: PositiveInt = 50
-    temperature: Annotated[float, Field(ge=0)] = 0.0
+    temperature: Annotated[float, Field(ge=0)] = 0.0  # 0 = the book's greedy argmax
     top_k: Annotated[int, Field(ge=0)] = 0
+    # A second text per prefix, drawn at this temperature among the top_k likeliest tokens:
+    # greedy text loops once a model is good enough to have favourite phrases. 0 = none.
+    sample_temperature: Annotated[float, Field(ge=0)] = 0.8
+    sample_top_k: Annotated[int, Field(ge=0)] = 10
     seed: Annotated[int, Field(ge=0)] = 0
 
 
@@ -132,7 +189,31 @@ class Params(StrictModel):
     vocab: VocabConfig = Field(default_factory=VocabConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    models: dict[ModelName, ModelConfig] = Field(default_factory=_book_models)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _grid_is_defined(self) -> Params:
+        unknown = [m for m in self.train.models if m not in self.models]
+        if unknown:
+            raise ValueError(
+                f"train.models names {', '.join(unknown)}, which the models section does not "
+                f"define (it has {', '.join(self.models) or 'none'})"
+            )
+        if self.train.uses_validation and self.partition.valid == 0:
+            raise ValueError(
+                "train.keep_best, early_stop_patience and the plateau schedule judge by "
+                "validation perplexity: set partition.valid above 0"
+            )
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        if name not in self.models:
+            raise PipelineError(
+                f"unknown model {name!r}",
+                f"choose one of {', '.join(self.models)} (the models section of params.yaml)",
+            )
+        return self.models[name]
 
 
 def describe_validation_error(err: ValidationError, where: str) -> str:

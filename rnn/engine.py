@@ -7,9 +7,7 @@ import os
 from types import ModuleType
 
 from rnn.errors import PipelineError
-
-BACKENDS = ("torch", "tf")
-VARIANTS = ("scratch", "concise")
+from rnn.registry import BACKENDS, CELLS, IMPLEMENTATIONS
 
 
 def backend_module(backend: str) -> ModuleType:
@@ -46,28 +44,69 @@ def resolve_threads(threads: int | None) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def dropout_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's dropout masks: a resumed run draws the masks an uninterrupted one
+    would, without storing a generator's state."""
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
 def make_engine(
     backend: str,
     variant: str,
     vocab_size: int,
     num_hiddens: int,
     *,
-    lr: float,
-    theta: float,
-    device: str,
-    seed: int,
+    cell: str = "rnn",
+    num_layers: int = 1,
+    dropout: float = 0.0,
+    optimizer=None,
+    lr: float = 1.0,
+    theta: float | None = 1.0,
+    device: str = "cpu",
+    seed: int = 0,
     threads: int | None = None,
 ):
-    if variant not in VARIANTS:
-        raise PipelineError(f"unknown variant {variant!r}", f"choose one of {', '.join(VARIANTS)}")
+    """An engine of ``backend`` for one model; ``optimizer`` is an ``OptimizerConfig`` (default:
+    the book's SGD) and ``lr`` the rate an epoch trains at when it is given no schedule."""
+    if variant not in IMPLEMENTATIONS:
+        raise PipelineError(
+            f"unknown variant {variant!r}", f"choose one of {', '.join(IMPLEMENTATIONS)}"
+        )
+    if cell not in CELLS:
+        raise PipelineError(f"unknown cell {cell!r}", f"choose one of {', '.join(CELLS)}")
     module = backend_module(backend)
     return module.Engine(
         variant,
         vocab_size,
         num_hiddens,
+        cell=cell,
+        num_layers=num_layers,
+        dropout=dropout,
+        optimizer=optimizer,
         lr=lr,
         theta=theta,
         device=device,
         seed=seed,
         threads=resolve_threads(threads),
+    )
+
+
+def engine_for(params, backend: str, variant: str, model: str, vocab_size: int):
+    """The engine a run of the grid trains: its model from ``params.models``, its optimiser,
+    clipping, device, seed and threads from ``params.train``."""
+    arch, tcfg = params.model(model), params.train
+    return make_engine(
+        backend,
+        variant,
+        vocab_size,
+        arch.hiddens(variant),
+        cell=arch.cell,
+        num_layers=arch.num_layers,
+        dropout=arch.dropout,
+        optimizer=tcfg.optimizer,
+        lr=tcfg.lr,
+        theta=tcfg.theta,
+        device=tcfg.device,
+        seed=tcfg.seed,
+        threads=tcfg.threads,
     )

@@ -12,9 +12,9 @@ from rnn.engine import make_engine
 from rnn.errors import PipelineError
 from rnn.partition import SPLITS, evaluation_minibatches, load_split
 from rnn.record import WEIGHTS_FILE, read_record
+from rnn.registry import RunKey
 from rnn.train import perplexity
 from rnn.vocab import Vocab
-from rnn.workspace import run_name
 
 EVAL_FILE = "eval.json"
 
@@ -23,13 +23,20 @@ EVAL_FILE = "eval.json"
 class EvalSummary:
     run: str
     perplexity: dict[str, float]
-    samples: dict[str, str]
+    samples: dict[str, str]  # per prefix, decoded as evaluate.temperature / top_k say
+    sampled: dict[str, str]  # per prefix, at evaluate.sample_temperature among sample_top_k
 
 
 def load_trained(backend: str, variant: str, params: Params, model_dir: Path, vocab: Vocab):
     """An engine holding a trained run's weights, rebuilt from its self-describing record."""
     record = read_record(model_dir)
     args = record["model_args"]
+    if (record.get("backend"), record.get("variant")) != (backend, variant):
+        raise PipelineError(
+            f"{model_dir} holds a {record.get('backend')} {record.get('variant')} model, "
+            f"not {backend} {variant}",
+            "pick the backend and variant it was trained with",
+        )
     if args["vocab_size"] != len(vocab):
         raise PipelineError(
             f"{model_dir} was trained with {args['vocab_size']} tokens, the vocabulary has "
@@ -41,8 +48,8 @@ def load_trained(backend: str, variant: str, params: Params, model_dir: Path, vo
         variant,
         args["vocab_size"],
         args["num_hiddens"],
-        lr=params.train.lr,
-        theta=params.train.theta,
+        cell=args.get("cell", "rnn"),
+        num_layers=args.get("num_layers", 1),
         device=params.train.device,
         seed=params.train.seed,
         threads=params.train.threads,
@@ -66,24 +73,27 @@ def generate_text(
     return vocab.decode(engine.generate(prefix_ids, num_preds, temperature, top_k, seed))
 
 
-def sample_text(engine, vocab: Vocab, prefix: str, params: Params) -> str:
+def sample_text(engine, vocab: Vocab, prefix: str, params: Params, sampled: bool = False) -> str:
+    """The text for ``prefix``: decoded as ``evaluate.temperature``/``top_k`` say, or with
+    ``sampled`` at ``evaluate.sample_temperature`` among ``sample_top_k``."""
     cfg = params.evaluate
-    return generate_text(engine, vocab, prefix, cfg.num_preds, cfg.temperature, cfg.top_k, cfg.seed)
+    temperature, top_k = (
+        (cfg.sample_temperature, cfg.sample_top_k) if sampled else (cfg.temperature, cfg.top_k)
+    )
+    return generate_text(engine, vocab, prefix, cfg.num_preds, temperature, top_k, cfg.seed)
 
 
 def evaluate_model(
-    backend: str,
-    variant: str,
+    run: RunKey,
     params: Params,
     model_dir: str | Path,
     partition_dir: str | Path,
     vocab_dir: str | Path,
     out_dir: str | Path,
 ) -> EvalSummary:
-    name = run_name(backend, variant)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     vocab = Vocab.load(vocab_dir)
-    engine = load_trained(backend, variant, params, model_dir, vocab)
+    engine = load_trained(run.backend, run.variant, params, model_dir, vocab)
     pcfg = params.partition
     ppl = {}
     for split in SPLITS:
@@ -92,8 +102,14 @@ def evaluate_model(
             ppl[split] = perplexity(
                 *engine.evaluate(*evaluation_minibatches(ids, pcfg.batch_size, pcfg.num_steps))
             )
-    samples = {p: sample_text(engine, vocab, p, params) for p in params.evaluate.prefixes}
-    summary = EvalSummary(name, ppl, samples)
+    prefixes = params.evaluate.prefixes
+    samples = {p: sample_text(engine, vocab, p, params) for p in prefixes}
+    sampled = (
+        {p: sample_text(engine, vocab, p, params, sampled=True) for p in prefixes}
+        if params.evaluate.sample_temperature > 0
+        else {}
+    )
+    summary = EvalSummary(run.name, ppl, samples, sampled)
     with atomic_path(out_dir / EVAL_FILE) as tmp:
         tmp.write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
     return summary

@@ -8,6 +8,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 RECORD_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -38,6 +40,21 @@ def weights_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
     """safetensors keeps header metadata in a hash map whose order changes from call to call, so
     several keys make identical weights hash differently; one key with sorted JSON does not."""
     return {"rnn": json.dumps(metadata, sort_keys=True)} if metadata else None
+
+
+def write_weights(path: str | Path, weights: dict, metadata: dict[str, str] | None = None) -> None:
+    """A weights file: named float arrays as safetensors (never a pickle)."""
+    from safetensors.numpy import save_file
+
+    # np.require keeps 0-d arrays 0-d (ascontiguousarray makes them 1-d)
+    arrays = {k: np.require(v, requirements="C") for k, v in weights.items()}
+    save_file(arrays, str(path), metadata=weights_metadata(metadata))
+
+
+def read_weights(path: str | Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
 
 
 def read_record(model_dir: str | Path) -> dict:

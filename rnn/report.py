@@ -1,4 +1,4 @@
-"""Stage 6, report: every trained backend x variant side by side (markdown, JSON, PNG curves)."""
+"""Stage 6, report: every trained run of the grid side by side (markdown, JSON, PNG curves)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class RunFiles:
 @dataclass(frozen=True)
 class ReportRow:
     run: str
+    model: str  # "gru, 2 x 256": cell, layers and units
     train_perplexity: float
     valid_perplexity: float | None
     test_perplexity: float | None
@@ -34,7 +35,9 @@ class ReportRow:
     wall_time_s: float
     num_params: int
     epochs: int
-    sample: str
+    best_epoch: int | None
+    sample: str  # greedy unless evaluate.temperature > 0
+    sampled: str  # at evaluate.sample_temperature; "" when off
 
 
 def _read_curve(metrics_dir: Path, name: str) -> list[tuple[int, float]]:
@@ -53,9 +56,10 @@ def collect_row(run: str, model_dir: Path, eval_dir: Path, metrics_dir: Path) ->
     seconds = [s for _, s in _read_curve(metrics_dir, "train/epoch_seconds")]
     rates = [r for _, r in _read_curve(metrics_dir, "train/tokens_per_s")]
     tokens = sum(r * s for r, s in zip(rates, seconds, strict=True))
-    ppl = evaluation["perplexity"]
+    ppl, args = evaluation["perplexity"], record["model_args"]
     return ReportRow(
         run=run,
+        model=f"{args.get('cell', 'rnn')}, {args.get('num_layers', 1)} x {args['num_hiddens']}",
         train_perplexity=record["train_perplexity"],
         valid_perplexity=ppl.get("valid"),
         test_perplexity=ppl.get("test"),
@@ -63,7 +67,9 @@ def collect_row(run: str, model_dir: Path, eval_dir: Path, metrics_dir: Path) ->
         wall_time_s=sum(seconds),
         num_params=record["num_params"],
         epochs=record["epochs"],
+        best_epoch=record.get("best_epoch"),
         sample=next(iter(evaluation["samples"].values()), ""),
+        sampled=next(iter(evaluation.get("sampled", {}).values()), ""),
     )
 
 
@@ -73,17 +79,22 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def markdown_table(rows: list[ReportRow]) -> str:
     lines = [
-        "| run | train ppl | valid ppl | test ppl | tokens/s | wall time (s) | parameters | epochs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | model | train ppl | valid ppl | test ppl | tokens/s | wall time (s) | "
+        "parameters | epochs (best) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        best = f" ({r.best_epoch})" if r.best_epoch is not None else ""
         lines.append(
-            f"| {r.run} | {_fmt(r.train_perplexity)} | {_fmt(r.valid_perplexity)} | "
+            f"| {r.run} | {r.model} | {_fmt(r.train_perplexity)} | {_fmt(r.valid_perplexity)} | "
             f"{_fmt(r.test_perplexity)} | {r.tokens_per_s:,.0f} | {r.wall_time_s:,.1f} | "
-            f"{r.num_params:,} | {r.epochs} |"
+            f"{r.num_params:,} | {r.epochs}{best} |"
         )
     samples = ["", "Samples (greedy unless evaluate.temperature > 0):", ""]
     samples += [f"- **{r.run}**: `{r.sample}`" for r in rows]
+    if any(r.sampled for r in rows):
+        samples += ["", "Sampled (evaluate.sample_temperature, sample_top_k):", ""]
+        samples += [f"- **{r.run}**: `{r.sampled}`" for r in rows if r.sampled]
     return "\n".join(lines + samples) + "\n"
 
 

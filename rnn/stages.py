@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rnn.config import IngestConfig, Params
-from rnn.workspace import Workspace, run_name
+from rnn.registry import RunKey
+from rnn.workspace import Workspace
 
 
 def rooted_ingest(cfg: IngestConfig, ws: Workspace) -> IngestConfig:
@@ -35,43 +36,31 @@ def partition_stage(ws: Workspace, params: Params):
     return partition(ws.vocab, params.partition, ws.partition)
 
 
-def train_stage(ws: Workspace, params: Params, backend: str, variant: str, **options):
+def train_stage(ws: Workspace, params: Params, run: RunKey, **options):
     """``options``: ``epoch_budget``, ``progress``, ``on_epoch``, ``checkpoint_sync`` (see
     ``rnn.train.train_model``)."""
     from rnn.train import train_model
 
     return train_model(
-        backend,
-        variant,
+        run,
         params,
         partition_dir=ws.partition,
         vocab_dir=ws.vocab,
-        model_dir=ws.model(backend, variant),
-        metrics_dir=ws.metrics_of(backend, variant),
-        checkpoint_dir=ws.checkpoint(backend, variant),
+        model_dir=ws.model(run),
+        metrics_dir=ws.metrics_of(run),
+        checkpoint_dir=ws.checkpoint(run),
         **options,
     )
 
 
-def evaluate_stage(ws: Workspace, params: Params, backend: str, variant: str):
+def evaluate_stage(ws: Workspace, params: Params, run: RunKey):
     from rnn.evaluate import evaluate_model
 
-    return evaluate_model(
-        backend,
-        variant,
-        params,
-        ws.model(backend, variant),
-        ws.partition,
-        ws.vocab,
-        ws.eval_of(backend, variant),
-    )
+    return evaluate_model(run, params, ws.model(run), ws.partition, ws.vocab, ws.eval_of(run))
 
 
-def report_stage(ws: Workspace, runs: list[tuple[str, str]], out: Path | None = None):
+def report_stage(ws: Workspace, runs: list[RunKey], out: Path | None = None):
     from rnn.report import RunFiles, build_report
 
-    files = [
-        RunFiles(run_name(b, v), ws.model(b, v), ws.eval_of(b, v), ws.metrics_of(b, v))
-        for b, v in runs
-    ]
+    files = [RunFiles(r.name, ws.model(r), ws.eval_of(r), ws.metrics_of(r)) for r in runs]
     return build_report(files, out or ws.reports)

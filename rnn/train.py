@@ -1,12 +1,17 @@
-"""Stage 4, train: one backend x variant on the train split -> weights, record, metrics.
+"""Stage 4, train: one backend x implementation x model on the train split -> weights, record,
+metrics.
 
 Outputs (model directory: deterministic, so a repeated CPU run hashes the same):
-  model.safetensors   weights, safetensors (never a pickle)
+  model.safetensors   canonical weights (rnn/canonical.py), safetensors (never a pickle): the last
+                      epoch's, or with ``train.keep_best`` the best epoch's by validation perplexity
   run.json            model arguments, parameters, data and vocabulary hashes, library versions,
-                      final perplexities
+                      final perplexities, best epoch
 Metrics directory (timings, so not deterministic): dvclive's metrics.json and plots/metrics/*.tsv.
-Checkpoints go to a separate directory every ``train.checkpoint_every`` epochs; a rerun with the
-same fingerprint (parameters, data, code version) resumes from the latest one.
+Checkpoints go to a separate directory every ``train.checkpoint_every`` epochs (weights,
+optimiser state and the best weights so far); a rerun with the same fingerprint (parameters,
+data, code version) resumes from the latest one. Learning rates, plateaus and early stopping
+are functions of the epoch history the checkpoint holds (rnn/schedule.py), so a resumed run
+decides as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -21,12 +26,20 @@ from typing import Protocol
 
 from rnn.atomic import atomic_dir, atomic_path
 from rnn.config import Params
-from rnn.engine import make_engine
+from rnn.engine import engine_for
 from rnn.partition import epoch_minibatches, evaluation_minibatches, load_split, min_tokens
 from rnn.progress import epoch_progress
-from rnn.record import RECORD_FILE, WEIGHTS_FILE, file_sha256, fingerprint, library_versions
+from rnn.record import (
+    RECORD_FILE,
+    WEIGHTS_FILE,
+    file_sha256,
+    fingerprint,
+    library_versions,
+    write_weights,
+)
+from rnn.registry import RunKey
+from rnn.schedule import VALID_KEY, best_epoch, epoch_lrs, should_stop
 from rnn.vocab import VOCAB_FILE, Vocab
-from rnn.workspace import run_name
 
 # The ingest keys that decide the corpus's content (the rest: download and checksum settings).
 DATA_INGEST_KEYS = ("source", "normalization", "strip_gutenberg", "encoding")
@@ -57,6 +70,8 @@ class TrainSummary:
     resumed_from_epoch: int
     train_perplexity: float
     valid_perplexity: float | None
+    best_epoch: int | None
+    stopped_early: bool
     tokens_per_s: float
     wall_time_s: float
     num_params: int
@@ -66,23 +81,31 @@ def perplexity(loss_sum: float, count: int) -> float:
     return math.exp(loss_sum / count)
 
 
-def _load_checkpoint(engine, ckpt_dir: Path, run_fp: str) -> list[dict]:
-    """History of the epochs already done, or [] if there is no usable checkpoint."""
+def _load_checkpoint(engine, ckpt_dir: Path, run_fp: str) -> tuple[list[dict], dict]:
+    """History of the epochs already done and the best weights so far, or ([], {}) if there is
+    no usable checkpoint."""
     hist_path, weights = ckpt_dir / HISTORY, ckpt_dir / CHECKPOINT
     if not (hist_path.is_file() and weights.is_file()):
-        return []
+        return [], {}
     saved = json.loads(hist_path.read_text())
     if saved.get("fingerprint") != run_fp or saved.get("weights_sha256") != file_sha256(weights):
-        return []  # another configuration's checkpoint, or a torn write: start afresh
-    engine.load(weights)
-    return saved["history"]
+        return [], {}  # another configuration's checkpoint, or a torn write: start afresh
+    best = engine.load_checkpoint(weights)
+    return saved["history"], best
 
 
 def _save_checkpoint(
-    engine, ckpt_dir: Path, run_fp: str, history: list[dict], sync: CheckpointSync | None
+    engine,
+    ckpt_dir: Path,
+    run_fp: str,
+    history: list[dict],
+    best: dict,
+    sync: CheckpointSync | None,
 ) -> None:
     with atomic_path(ckpt_dir / CHECKPOINT) as tmp:
-        engine.save(tmp, metadata={"epoch": str(len(history)), "fingerprint": run_fp})
+        engine.save_checkpoint(
+            tmp, metadata={"epoch": str(len(history)), "fingerprint": run_fp}, extra=best
+        )
         digest = file_sha256(tmp)
     payload = {"fingerprint": run_fp, "weights_sha256": digest, "history": history}
     with atomic_path(ckpt_dir / HISTORY) as tmp:
@@ -112,8 +135,7 @@ def _log_metrics(metrics_dir: Path, history: list[dict]) -> None:
 
 
 def train_model(
-    backend: str,
-    variant: str,
+    run: RunKey,
     params: Params,
     partition_dir: str | Path,
     vocab_dir: str | Path,
@@ -129,13 +151,12 @@ def train_model(
     leaving a checkpoint to resume from (time-boxed scheduled training, and the resume tests).
     ``on_epoch`` sees every finished epoch (log lines, progress artifacts); ``checkpoint_sync``
     shares checkpoints beyond this workspace."""
-    tcfg, pcfg = params.train, params.partition
-    name = run_name(backend, variant)
+    tcfg, pcfg, arch = params.train, params.partition, params.model(run.model)
+    name = run.name
     model_dir, metrics_dir, ckpt_dir = Path(model_dir), Path(metrics_dir), Path(checkpoint_dir)
     vocab = Vocab.load(vocab_dir)
     train_ids = load_split(partition_dir, "train")
     valid_ids = load_split(partition_dir, "valid")
-    num_hiddens = tcfg.models[variant].num_hiddens
     data_hashes = {
         "vocab_sha256": file_sha256(Path(vocab_dir) / VOCAB_FILE),
         "train_sha256": file_sha256(Path(partition_dir) / "train.npy"),
@@ -144,49 +165,48 @@ def train_model(
     trained_with = {
         "partition": pcfg.model_dump(),
         # threads changes only the speed (rnn/engine.py resolve_threads), so it is not recorded
-        "train": tcfg.model_dump(exclude={"backends", "variants", "threads"}),
+        "train": tcfg.model_dump(exclude={"backends", "variants", "models", "threads"}),
+        "model": arch.model_dump(),
     }
-    versions = library_versions(backend, engine_version(backend))
+    versions = library_versions(run.backend, engine_version(run.backend))
     run_fp = fingerprint({"run": name, **trained_with, **data_hashes, "versions": versions})
-    engine = make_engine(
-        backend,
-        variant,
-        len(vocab),
-        num_hiddens,
-        lr=tcfg.lr,
-        theta=tcfg.theta,
-        device=tcfg.device,
-        seed=tcfg.seed,
-        threads=tcfg.threads,
-    )
+    engine = engine_for(params, run.backend, run.variant, run.model, len(vocab))
     if checkpoint_sync is not None:
         checkpoint_sync.fetch(run_fp, ckpt_dir)
-    history = _load_checkpoint(engine, ckpt_dir, run_fp)
+    history, best = _load_checkpoint(engine, ckpt_dir, run_fp)
     resumed_from = len(history)
     last = tcfg.epochs if epoch_budget is None else min(tcfg.epochs, resumed_from + epoch_budget)
     has_valid = len(valid_ids) >= min_tokens(1, pcfg.num_steps)
+    stopped = should_stop(history, tcfg.early_stop_patience)
     started = time.perf_counter()
     with epoch_progress(f"{name}", tcfg.epochs, resumed_from, enabled=progress) as advance:
         for epoch in range(resumed_from, last):
+            if stopped:
+                break
             xs, ys = epoch_minibatches(
                 train_ids, pcfg.batch_size, pcfg.num_steps, pcfg.sampling, tcfg.seed, epoch
             )
+            lrs = epoch_lrs(tcfg, epoch, len(xs), history)
             t0 = time.perf_counter()
-            loss_sum, count = engine.train_epoch(xs, ys, pcfg.sampling)
+            loss_sum, count = engine.train_epoch(xs, ys, pcfg.sampling, lrs, epoch)
             seconds = time.perf_counter() - t0
             row = {
                 "epoch": epoch + 1,
                 "train/perplexity": perplexity(loss_sum, count),
                 "train/tokens_per_s": count / seconds,
                 "train/epoch_seconds": seconds,
+                "train/lr": float(lrs[-1]),
             }
             if has_valid:
-                row["valid/perplexity"] = perplexity(
+                row[VALID_KEY] = perplexity(
                     *engine.evaluate(
                         *evaluation_minibatches(valid_ids, pcfg.batch_size, pcfg.num_steps)
                     )
                 )
             history.append(row)
+            if tcfg.keep_best and best_epoch(history) == row["epoch"]:
+                best = engine.canonical_weights()
+            stopped = should_stop(history, tcfg.early_stop_patience)
             advance(row)
             if on_epoch is not None:
                 on_epoch(name, row, tcfg.epochs)
@@ -194,17 +214,26 @@ def train_model(
                 tcfg.checkpoint_every
                 and (epoch + 1) % tcfg.checkpoint_every == 0
                 and epoch + 1 < tcfg.epochs
+                and not stopped
             ):
-                _save_checkpoint(engine, ckpt_dir, run_fp, history, checkpoint_sync)
+                _save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
     wall = time.perf_counter() - started
-    if len(history) < tcfg.epochs:  # budget spent: keep the checkpoint, publish nothing yet
-        _save_checkpoint(engine, ckpt_dir, run_fp, history, checkpoint_sync)
-        return _summary(name, model_dir, history, resumed_from, wall, engine)
-    final = history[-1]
+    if len(history) < tcfg.epochs and not stopped:  # budget spent: keep the checkpoint
+        _save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
+        return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
+    chosen = best_epoch(history) if tcfg.keep_best else None
+    final = history[chosen - 1] if chosen else history[-1]
     record = {
-        "backend": backend,
-        "variant": variant,
-        "model_args": {"vocab_size": len(vocab), "num_hiddens": num_hiddens},
+        "backend": run.backend,
+        "variant": run.variant,
+        "model": run.model,
+        "model_args": {
+            "vocab_size": len(vocab),
+            "num_hiddens": arch.hiddens(run.variant),
+            "cell": arch.cell,
+            "num_layers": arch.num_layers,
+            "dropout": arch.dropout,
+        },
         "num_params": engine.num_params(),
         # every parameter that shaped the model: the data's (also in dvc.yaml's train params, so
         # the record cannot go stale) and training's; fetch settings change no content
@@ -218,15 +247,22 @@ def train_model(
         "versions": versions,
         "device": tcfg.device,
         "epochs": len(history),
+        "weights_epoch": final["epoch"],
+        "best_epoch": best_epoch(history),
+        "stopped_early": stopped,
         "train_perplexity": final["train/perplexity"],
-        "valid_perplexity": final.get("valid/perplexity"),
+        "valid_perplexity": final.get(VALID_KEY),
     }
+    meta = {"backend": run.backend, "variant": run.variant, "model": run.model}
     with atomic_dir(model_dir) as tmp:
-        engine.save(tmp / WEIGHTS_FILE, metadata={"backend": backend, "variant": variant})
+        if chosen:
+            write_weights(tmp / WEIGHTS_FILE, best, metadata=meta)
+        else:
+            engine.save(tmp / WEIGHTS_FILE, metadata=meta)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     with atomic_dir(metrics_dir) as tmp:
         _log_metrics(tmp, history)
-    return _summary(name, model_dir, history, resumed_from, wall, engine)
+    return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
 
 
 def engine_version(backend: str) -> str:
@@ -235,7 +271,7 @@ def engine_version(backend: str) -> str:
     return backend_module(backend).framework_version()
 
 
-def _summary(name, model_dir, history, resumed_from, wall, engine) -> TrainSummary:
+def _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped) -> TrainSummary:
     done = history[resumed_from:]
     tokens_per_s = (
         sum(r["train/tokens_per_s"] * r["train/epoch_seconds"] for r in done)
@@ -243,14 +279,17 @@ def _summary(name, model_dir, history, resumed_from, wall, engine) -> TrainSumma
         if done
         else 0.0
     )
-    last = history[-1] if history else {}
+    chosen = best_epoch(history) if tcfg.keep_best else None
+    last = history[chosen - 1] if chosen else history[-1] if history else {}
     return TrainSummary(
         run=name,
         model_dir=str(model_dir),
         epochs=len(history),
         resumed_from_epoch=resumed_from,
         train_perplexity=last.get("train/perplexity", float("nan")),
-        valid_perplexity=last.get("valid/perplexity"),
+        valid_perplexity=last.get(VALID_KEY),
+        best_epoch=best_epoch(history),
+        stopped_early=stopped,
         tokens_per_s=tokens_per_s,
         wall_time_s=wall,
         num_params=engine.num_params(),

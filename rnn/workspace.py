@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def run_name(backend: str, variant: str) -> str:
-    return f"{backend}-{variant}"
+from rnn.registry import RunKey
 
 
 @dataclass(frozen=True)
@@ -72,14 +70,14 @@ class Workspace:
     def lock_file(self) -> Path:
         return self.root / ".rnn-workspace.lock"
 
-    def model(self, backend: str, variant: str) -> Path:
-        return self.models / run_name(backend, variant)
+    def model(self, run: RunKey) -> Path:
+        return self.models / run.name
 
-    def metrics_of(self, backend: str, variant: str) -> Path:
-        return self.metrics / run_name(backend, variant)
+    def metrics_of(self, run: RunKey) -> Path:
+        return self.metrics / run.name
 
-    def checkpoint(self, backend: str, variant: str) -> Path:
-        return self.checkpoints / run_name(backend, variant)
+    def checkpoint(self, run: RunKey) -> Path:
+        return self.checkpoints / run.name
 
-    def eval_of(self, backend: str, variant: str) -> Path:
-        return self.evals / run_name(backend, variant)
+    def eval_of(self, run: RunKey) -> Path:
+        return self.evals / run.name

@@ -11,6 +11,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from rnn.registry import RunKey
+
 TRAIN_DEPLOYMENT = "rnn-train/default"
 CRASH_RETRIES = 2
 
@@ -31,27 +33,34 @@ def _retry_crashes_only(task, task_run, state) -> bool:
 
 @task(
     name="train-on-pool",
-    task_run_name="train-on-pool-{backend}-{variant}",
+    task_run_name="train-on-pool-{backend}-{variant}-{model}",
     retries=CRASH_RETRIES,
     retry_condition_fn=_retry_crashes_only,
     persist_result=True,
     result_serializer="json",
 )
 def train_on_worker(
-    params: dict[str, Any], backend: str, variant: str, code: str, run_label: str
+    params: dict[str, Any], backend: str, variant: str, model: str, code: str, run_label: str
 ) -> dict[str, Any]:
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
     child = run_deployment(
         TRAIN_DEPLOYMENT,
-        parameters={"backend": backend, "variant": variant, "params": params, "code": code},
+        parameters={
+            "backend": backend,
+            "variant": variant,
+            "model": model,
+            "params": params,
+            "code": code,
+        },
         flow_run_name=run_label,
         timeout=None,  # wait for it to finish, however long training takes
         poll_interval=2,
     )
     state = child.state
-    summary = {"run": f"{backend}-{variant}", "flow_run": str(child.id), "state": state.name}
+    run = RunKey(backend, variant, model).name
+    summary = {"run": run, "flow_run": str(child.id), "state": state.name}
     if state.is_completed():
         logger.info("%s completed as flow run %s", summary["run"], child.name)
         return summary

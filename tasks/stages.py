@@ -18,7 +18,8 @@ from prefect.tasks import exponential_backoff
 
 from rnn import stages
 from rnn.config import Params
-from rnn.workspace import Workspace, run_name
+from rnn.registry import RunKey
+from rnn.workspace import Workspace
 from tasks.caching import StageFiles
 
 JSON_RESULTS = {"persist_result": True, "result_serializer": "json"}
@@ -101,7 +102,7 @@ class EpochReporter:
 
 @task(
     name="train",
-    task_run_name="train-{backend}-{variant}",
+    task_run_name="train-{backend}-{variant}-{model}",
     cache_policy=StageFiles(reads=lambda ws, a: [ws.partition, ws.vocab]),
     **JSON_RESULTS,
 )
@@ -110,6 +111,7 @@ def train_task(
     params: dict,
     backend: str,
     variant: str,
+    model: str,
     share_checkpoints: bool = False,
     reuse: bool = False,
 ) -> dict[str, Any]:
@@ -117,12 +119,12 @@ def train_task(
     from the remote's if it is further along than this workspace's."""
     from rnn.record import read_record
 
-    ws = Workspace(Path(workdir))
-    model_dir = ws.model(backend, variant)
+    ws, run = Workspace(Path(workdir)), RunKey(backend, variant, model)
+    model_dir = ws.model(run)
     if reuse and (model_dir / "run.json").is_file():
         record = read_record(model_dir)
         return {
-            "run": run_name(backend, variant),
+            "run": run.name,
             "model_dir": str(model_dir),
             "reused": True,
             "train_perplexity": record["train_perplexity"],
@@ -135,35 +137,36 @@ def train_task(
     summary = stages.train_stage(
         ws,
         Params(**params),
-        backend,
-        variant,
+        run,
         progress=False,
-        on_epoch=EpochReporter(run_name(backend, variant)),
+        on_epoch=EpochReporter(run.name),
         checkpoint_sync=sync,
     )
     return asdict(summary)
 
 
+def _evaluate_reads(ws: Workspace, args: dict) -> list[Path]:
+    return [ws.model(RunKey(args["backend"], args["variant"], args["model"])), ws.partition]
+
+
 @task(
     name="evaluate",
-    task_run_name="evaluate-{backend}-{variant}",
-    cache_policy=StageFiles(
-        reads=lambda ws, a: [ws.model(a["backend"], a["variant"]), ws.partition]
-    ),
+    task_run_name="evaluate-{backend}-{variant}-{model}",
+    cache_policy=StageFiles(reads=_evaluate_reads),
     **JSON_RESULTS,
 )
 def evaluate_task(
-    workdir: str, params: dict, backend: str, variant: str, reuse: bool = False
+    workdir: str, params: dict, backend: str, variant: str, model: str, reuse: bool = False
 ) -> dict[str, Any]:
     from rnn.evaluate import read_eval
 
-    ws = Workspace(Path(workdir))
-    if reuse and (ws.eval_of(backend, variant) / "eval.json").is_file():
-        return read_eval(ws.eval_of(backend, variant))
-    return asdict(stages.evaluate_stage(ws, Params(**params), backend, variant))
+    ws, run = Workspace(Path(workdir)), RunKey(backend, variant, model)
+    if reuse and (ws.eval_of(run) / "eval.json").is_file():
+        return read_eval(ws.eval_of(run))
+    return asdict(stages.evaluate_stage(ws, Params(**params), run))
 
 
 @task(name="report", **JSON_RESULTS)
-def report_task(workdir: str, runs: list[tuple[str, str]]) -> list[dict]:
+def report_task(workdir: str, runs: list[RunKey]) -> list[dict]:
     rows = stages.report_stage(Workspace(Path(workdir)), runs)
     return [asdict(r) for r in rows]

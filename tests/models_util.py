@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rnn.canonical import expected_names
 from rnn.engine import make_engine
 
 V, H, B, T = 28, 16, 4, 7
@@ -14,15 +15,27 @@ def engine(backend: str, variant: str, seed: int = 0, hiddens: int = H, **kw):
     return make_engine(backend, variant, V, hiddens, **kw)
 
 
-def random_weights(seed: int = 0, hiddens: int = H) -> dict[str, np.ndarray]:
+def random_weights(
+    seed: int = 0,
+    hiddens: int = H,
+    cell: str = "rnn",
+    num_layers: int = 1,
+    recurrent_bias: bool = False,
+) -> dict[str, np.ndarray]:
+    """Canonical weights of an architecture, drawn large enough that every gate matters."""
     rng = np.random.default_rng(seed)
-    return {
-        "W_xh": rng.normal(0, 0.5, (V, hiddens)).astype(np.float32),
-        "W_hh": rng.normal(0, 0.3, (hiddens, hiddens)).astype(np.float32),
-        "b_h": rng.normal(0, 0.1, hiddens).astype(np.float32),
-        "W_hq": rng.normal(0, 0.5, (hiddens, V)).astype(np.float32),
-        "b_q": rng.normal(0, 0.1, V).astype(np.float32),
-    }
+    out = {}
+    for name in sorted(expected_names(cell, num_layers, recurrent_bias)):
+        if name.startswith("b"):
+            shape: tuple[int, ...] = (V,) if name == "b_q" else (hiddens,)
+            out[name] = rng.normal(0, 0.1, shape)
+        elif name == "W_hq":
+            out[name] = rng.normal(0, 0.5, (hiddens, V))
+        elif name.startswith("W_x") and name.endswith("_l0"):
+            out[name] = rng.normal(0, 0.5, (V, hiddens))
+        else:
+            out[name] = rng.normal(0, 0.3, (hiddens, hiddens))
+    return {k: v.astype(np.float32) for k, v in out.items()}
 
 
 def tokens(seed: int = 0, batch: int = B, steps: int = T) -> tuple[np.ndarray, np.ndarray]:

@@ -167,15 +167,15 @@ def test_concurrent_deployment_runs_on_a_worker(tmp_path):
             assert run.state.is_completed(), f"{run.state}\n{tail(worker_log, 8000)}"
         perplexities = {}
         for lr, by_key in artifacts.items():
-            assert {"rnn-comparison", "rnn-samples", "train-tf-scratch"} <= set(by_key)
+            assert {"rnn-comparison", "rnn-samples", "train-tf-scratch-rnn"} <= set(by_key)
             table = by_key["rnn-comparison"].data
             table = json.loads(table) if isinstance(table, str) else table
-            assert sorted(row["run"] for row in table) == ["tf-concise", "tf-scratch"]
+            assert sorted(row["run"] for row in table) == ["tf-concise-rnn", "tf-scratch-rnn"]
             perplexities[lr] = {row["run"]: row["train ppl"] for row in table}
-            assert float(by_key["train-tf-scratch"].data) == 100.0  # the progress artifact
+            assert float(by_key["train-tf-scratch-rnn"].data) == 100.0  # the progress artifact
         assert perplexities[0.5] != perplexities[2.0]
         for messages in logs.values():  # one line per epoch in the run's logs
-            assert any(m.startswith("tf-scratch epoch 2/2: train ppl") for m in messages)
+            assert any(m.startswith("tf-scratch-rnn epoch 2/2: train ppl") for m in messages)
 
         # Each run is recorded on origin with its own parameters and models.
         check = tmp_path / "check"
@@ -189,10 +189,10 @@ def test_concurrent_deployment_runs_on_a_worker(tmp_path):
             name = f"{run.name}-{run_id[:8]}"
             sh(["dvc", "exp", "pull", "origin", name], check, env)
             sh(["dvc", "exp", "apply", name], check, env)
-            sh(["dvc", "pull", "train@tf-scratch"], check, env)
-            record = json.loads((check / "data/models/tf-scratch/run.json").read_text())
+            sh(["dvc", "pull", "train@tf-scratch-rnn"], check, env)
+            record = json.loads((check / "data/models/tf-scratch-rnn/run.json").read_text())
             assert record["params"]["train"]["lr"] == lr
-            assert not (check / "data/models/torch-scratch").exists()
+            assert not (check / "data/models/torch-scratch-rnn").exists()
     finally:
         survivors = [p for proc in started for p in stop_tree(proc)]
     assert all(p.poll() is not None for p in started)

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from rnn.partition import epoch_minibatches
-from rnn.tf.scratch import tanh_recurrence
+from rnn.tf.recurrences import tanh_recurrence
 
 from .models_util import B, H, T, V, engine, random_weights, tokens
 
@@ -59,14 +59,19 @@ def test_tf_scratch_and_concise_and_torch_agree_on_gradients(variant, scratch_in
     th.load_canonical_weights(weights)
     logits, _ = th.model(torch.from_numpy(X), th.model.begin_state(B))
     F.cross_entropy(logits, torch.from_numpy(Y).T.reshape(-1)).backward()
-    torch_grads = [
-        th.model.W_xh.grad,
-        th.model.W_hh.grad,
-        th.model.b_h.grad,
-        th.model.W_hq.grad,
-        th.model.b_q.grad,
-    ]
-    for a, b in zip(tf_grads, torch_grads, strict=True):
+    torch_grads = [p.grad for p in (*th.model.layer(0), th.model.W_hq, th.model.b_q)]
+    tf_grads = dict(zip([id(v) for v in tf_e.variables], tf_grads, strict=True))
+    if variant == "scratch":
+        ordered = [
+            tf_grads[id(v)] for v in (*tf_e.model.layers[0], tf_e.model.W_hq, tf_e.model.b_q)
+        ]
+    else:
+        cell, dense = tf_e.model.rnns[0].cell, tf_e.model.dense
+        ordered = [
+            tf_grads[id(v)]
+            for v in (cell.kernel, cell.recurrent_kernel, cell.bias, dense.kernel, dense.bias)
+        ]
+    for a, b in zip(ordered, torch_grads, strict=True):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-5)
 
 
@@ -153,7 +158,7 @@ def book_epoch(backend, e, xs, ys, sampling, lr=1.0, theta=1.0):
             if state is None or sampling == "random":
                 state = list(m.begin_state(X.shape[0]))
             with tf.GradientTape() as tape:
-                logits, state = m(tf.constant(X, tf.int32), state)
+                logits, state = m(tf.constant(X, tf.int32), list(state))
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(Y.T.reshape(-1), logits)
                 )
@@ -168,17 +173,21 @@ def book_epoch(backend, e, xs, ys, sampling, lr=1.0, theta=1.0):
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 @pytest.mark.parametrize("variant", ["scratch", "concise"])
 @pytest.mark.parametrize("sampling", ["sequential", "random"])
-def test_engine_epoch_equals_the_books_loop(backend, variant, sampling, scratch_inputs):
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_engine_epoch_equals_the_books_loop(backend, variant, sampling, cell, scratch_inputs):
     """Same losses and weights as the plain loop: state carried + detached (sequential) or reset
     (random). An engine that reset the state in sequential mode, or carried it in random mode,
     would see other inputs to every minibatch after the first and fail; one whose gradient
     flowed back into the previous minibatch (TensorFlow's compiled epoch holds them all) would
-    end with other weights."""
-    if variant == "concise" and scratch_inputs == "one_hot":
-        pytest.skip("the scratch recurrence's input paths do not apply to the concise model")
+    end with other weights. Gated cells run two layers, so their states carry per layer."""
+    if scratch_inputs == "one_hot" and (variant == "concise" or cell != "rnn"):
+        pytest.skip("the one-hot input path is the scratch RNN's first layer's only")
+    layers = 1 if cell == "rnn" else 2
     xs, ys = epoch_minibatches(corpus(), 4, 7, sampling, seed=0, epoch=0)
-    fast, plain = engine(backend, variant), engine(backend, variant)
-    weights = random_weights(7)
+    fast = engine(backend, variant, cell=cell, num_layers=layers)
+    plain = engine(backend, variant, cell=cell, num_layers=layers)
+    recurrent_bias = cell == "gru" and variant == "concise"
+    weights = random_weights(7, cell=cell, num_layers=layers, recurrent_bias=recurrent_bias)
     fast.load_canonical_weights(weights)
     plain.load_canonical_weights(weights)
     got, count = fast.train_epoch(xs, ys, sampling)
@@ -189,7 +198,7 @@ def test_engine_epoch_equals_the_books_loop(backend, variant, sampling, scratch_
         np.testing.assert_allclose(v, plain.canonical_weights()[k], atol=1e-5)
     # And the state really matters: a model fed fresh state each time ends elsewhere.
     if sampling == "sequential":
-        other = engine(backend, variant)
+        other = engine(backend, variant, cell=cell, num_layers=layers)
         other.load_canonical_weights(weights)
         assert other.train_epoch(xs, ys, "random")[0] != pytest.approx(got, rel=1e-7)
 
@@ -206,6 +215,7 @@ def test_torch_state_is_detached_between_minibatches(scratch_inputs):
         torch.from_numpy(xs[0].astype(np.int64)),
         torch.from_numpy(ys[0].astype(np.int64)),
         e.model.begin_state(4),
+        lr=1.0,
     )
     assert all(s.grad_fn is not None for s in state)  # the raw state is still in the graph
     assert all(s.grad_fn is None for s in detach_state(state))

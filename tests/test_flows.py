@@ -57,7 +57,12 @@ def test_pipeline_flow_outputs_artifacts_and_content_cache(harness, tmp_path, mo
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     state = pipeline(return_state=True)
     result = state.result()
-    assert sorted(result["runs"]) == ["tf-concise", "tf-scratch", "torch-concise", "torch-scratch"]
+    assert sorted(result["runs"]) == [
+        "tf-concise-rnn",
+        "tf-scratch-rnn",
+        "torch-concise-rnn",
+        "torch-scratch-rnn",
+    ]
     assert (tmp_path / "reports/report.md").is_file()
     for run in result["runs"]:
         assert (tmp_path / "data/models" / run / "model.safetensors").is_file()
@@ -80,7 +85,7 @@ def test_pipeline_flow_outputs_artifacts_and_content_cache(harness, tmp_path, mo
     # Changing a training parameter invalidates training but not the data stages.
     third = pipeline(overrides={"train": {"lr": 0.5}}, return_state=True)
     states = task_states(third.state_details.flow_run_id)
-    assert states["partition"] == "Cached" and states["train-torch-scratch"] == "Completed"
+    assert states["partition"] == "Cached" and states["train-torch-scratch-rnn"] == "Completed"
 
 
 def test_invalid_flow_parameter_is_rejected(harness, tmp_path, monkeypatch):
@@ -126,7 +131,7 @@ def lock_hashes(repo: Path) -> dict[str, str]:
 
 def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
     first = sh("dvc", "repro", cwd=repo).stdout
-    assert "Running stage 'train@torch-scratch'" in first
+    assert "Running stage 'train@torch-scratch-rnn'" in first
     again = sh("dvc", "repro", cwd=repo).stdout
     assert "Running stage" not in again  # nothing to do the second time
     repro_hashes = lock_hashes(repo)
@@ -135,7 +140,7 @@ def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
     changed = sh("dvc", "repro", cwd=repo).stdout
     ran = {line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage")}
     assert ran == {
-        f"{s}@{b}-{v}"
+        f"{s}@{b}-{v}-rnn"
         for s in ("train", "evaluate")
         for b in ("torch", "tf")
         for v in ("scratch", "concise")
@@ -155,13 +160,52 @@ def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
     assert lock_hashes(repo) == repro_hashes
 
 
+def test_every_cell_through_dvc_repro_and_the_flow(harness, repo):
+    """GRU and LSTM (two layers, dropout, Adam with a cosine schedule) in both frameworks and
+    both implementations: `dvc repro` trains them, the flow reuses them; the flow trains them
+    with another rate, and `dvc repro` afterwards has nothing to do."""
+    params = tiny_params()
+    params["train"].update(
+        models=["gru", "lstm"],
+        epochs=1,
+        optimizer={**params["train"]["optimizer"], "name": "adam"},
+        lr=0.01,
+        schedule={**params["train"]["schedule"], "name": "cosine", "warmup_steps": 2},
+    )
+    params["models"] = {
+        "gru": {"cell": "gru", "num_hiddens": 8, "num_layers": 1, "dropout": 0.0},
+        "lstm": {"cell": "lstm", "num_hiddens": 8, "num_layers": 2, "dropout": 0.2},
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = sh("dvc", "repro", cwd=repo).stdout
+    runs = [
+        f"{b}-{v}-{m}"
+        for b in ("torch", "tf")
+        for v in ("scratch", "concise")
+        for m in ("gru", "lstm")
+    ]
+    assert all(f"Running stage 'train@{r}'" in first for r in runs)
+    from uuid import UUID
+
+    states = task_states(UUID(run_flow(repo, harness)))
+    assert all(states[f"train-{r}"] in ("Completed", "Cached") for r in runs), states
+    params["train"]["lr"] = 0.02
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_flow(repo, harness)
+    for r in runs:
+        record = json.loads((repo / "data/models" / r / "run.json").read_text())
+        assert record["params"]["train"]["lr"] == 0.02 and record["model_args"]["cell"] in r
+    assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
+    assert "lstm, 2 x 8" in (repo / "reports/report.md").read_text()
+
+
 def test_dvc_metrics_plots_experiments_and_remote(repo):
     sh("dvc", "repro", cwd=repo)
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
     assert "train" in json.dumps(metrics) and "perplexity" in json.dumps(metrics)
     sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
     assert (repo / "plots_out" / "index.html").is_file()
-    sh("dvc", "exp", "run", "-S", "train.lr=0.5", "evaluate@torch-concise", cwd=repo)
+    sh("dvc", "exp", "run", "-S", "train.lr=0.5", "evaluate@torch-concise-rnn", cwd=repo)
     exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
     assert "0.5" in exps and "perplexity" in exps
     # The default remote is a local directory: push, drop the cache, pull back.
@@ -218,17 +262,17 @@ def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
     assert {d["decision"] for d in first["decisions"]} == {"promoted"}
     # The promotion is a git tag on the run's experiment commit, not a local copy.
     assert not (repo / "data/promoted").exists()
-    scratch_commit = promoted_commit(repo, "torch-scratch")
+    scratch_commit = promoted_commit(repo, "torch-scratch-rnn")
     shown = sh("git", "show", f"{scratch_commit}:dvc.lock", cwd=repo).stdout
-    assert "data/models/torch-scratch" in shown
-    assert promoted_eval(repo, "torch-scratch")["run"] == "torch-scratch"
+    assert "data/models/torch-scratch-rnn" in shown
+    assert promoted_eval(repo, "torch-scratch-rnn")["run"] == "torch-scratch-rnn"
     # Pretend the promoted model is better than anything retraining can produce.
-    fake_better_promotion(repo, "torch-scratch")
+    fake_better_promotion(repo, "torch-scratch-rnn")
     state = retrain(backend="torch", return_state=True)
     decisions = {d["run"]: d["decision"] for d in state.result()["decisions"]}
     # Same data and parameters retrain the same concise model: equal is "no worse", promoted.
-    assert decisions == {"torch-scratch": "kept current", "torch-concise": "promoted"}
-    assert promoted_eval(repo, "torch-scratch")["perplexity"]["valid"] == 1.0
+    assert decisions == {"torch-scratch-rnn": "kept current", "torch-concise-rnn": "promoted"}
+    assert promoted_eval(repo, "torch-scratch-rnn")["perplexity"]["valid"] == 1.0
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(

@@ -97,12 +97,12 @@ def test_concurrent_runs_get_their_own_workspaces_and_one_workspace_one_writer(
     for name, checkout, lr in (("a", wa, 0.5), ("b", wb, 2.0)):
         assert results[name]["workspace"] == str(checkout)
         assert results[name]["code"] == str(checkout / "rnn")  # the clone's code, not installed
-        for run in ("torch-scratch", "torch-concise"):
+        for run in ("torch-scratch-rnn", "torch-concise-rnn"):
             assert lr_of(checkout, run) == lr
         table = json.loads((checkout / "reports/report.json").read_text())
-        assert {r["run"] for r in table} == {"torch-scratch", "torch-concise"}
+        assert {r["run"] for r in table} == {"torch-scratch-rnn", "torch-concise-rnn"}
         assert results[name]["experiment"]
-    assert weights(wa, "torch-scratch") != weights(wb, "torch-scratch")
+    assert weights(wa, "torch-scratch-rnn") != weights(wb, "torch-scratch-rnn")
     assert (wa / "reports/report.md").read_text() != (wb / "reports/report.md").read_text()
     ppl = {n: {r["run"]: r["train_perplexity"] for r in results[n]["report"]} for n in results}
     assert ppl["a"] != ppl["b"]
@@ -117,7 +117,7 @@ def test_machine_b_restores_every_stage_and_trains_nothing(
     wa = a.clone()
     first = a.flow(wa, "a")
     assert sorted(first["trained"]) == sorted(
-        f"{bk}-{v}" for bk in ("torch", "tf") for v in ("scratch", "concise")
+        f"{bk}-{v}-rnn" for bk in ("torch", "tf") for v in ("scratch", "concise")
     )
     wb = b.clone()
     second = b.flow(wb, "b")
@@ -146,7 +146,7 @@ def test_training_killed_in_one_workspace_resumes_in_another(machines, s3_remote
         time.sleep(0.2)
     os.killpg(flow_a.pid, signal.SIGKILL)
     flow_a.wait(30)
-    assert not (wa / "data/models/torch-scratch").exists()  # killed before it finished
+    assert not (wa / "data/models/torch-scratch-rnn").exists()  # killed before it finished
 
     wb = b.clone()
     resumed = b.flow(wb, "b", overrides=overrides, **runs)
@@ -158,7 +158,7 @@ def test_training_killed_in_one_workspace_resumes_in_another(machines, s3_remote
     for stage in ("ingest", "vocab", "partition"):
         c.run(sys.executable, "-m", "rnn.cli", stage, cwd=wc)
     c.run(sys.executable, "-m", "rnn.cli", "train", "-b", "torch", "-v", "scratch", cwd=wc)
-    assert weights(wb, "torch-scratch") == weights(wc, "torch-scratch")
+    assert weights(wb, "torch-scratch-rnn") == weights(wc, "torch-scratch-rnn")
 
 
 def _pushed_epochs(s3) -> int:
@@ -178,14 +178,14 @@ def test_recorded_runs_are_listed_compared_and_restored_elsewhere(machines, loca
         a.flow(wa, f"lr{lr}", overrides={"train": {"lr": lr}}, **slow)["experiment"]
         for lr in (0.5, 1.5)
     ]
-    kept = weights(wa, "tf-concise")  # the lr 1.5 run's model
+    kept = weights(wa, "tf-concise-rnn")  # the lr 1.5 run's model
 
     wd = d.clone()
     listed = d.run(sys.executable, "-m", "flows.recorded", "list", cwd=wd).stdout.split()
     assert set(names) <= set(listed)
     report = d.run(sys.executable, "-m", "flows.recorded", "compare", *names, cwd=wd).stdout
     for name in names:
-        assert f"| {name}/tf-concise |" in report
+        assert f"| {name}/tf-concise-rnn |" in report
     d.run("dvc", "exp", "pull", "origin", names[-1], cwd=wd)
     shown = json.loads(d.run("dvc", "exp", "show", "--json", cwd=wd).stdout)
     assert "1.5" in json.dumps(shown) and "perplexity" in json.dumps(shown)
@@ -193,5 +193,5 @@ def test_recorded_runs_are_listed_compared_and_restored_elsewhere(machines, loca
         d.run("git", "config", key, value, cwd=wd)
     d.run("dvc", "exp", "apply", names[-1], cwd=wd)
     d.run("dvc", "pull", "--allow-missing", cwd=wd)  # a partial run: no other stages
-    assert lr_of(wd, "tf-concise") == 1.5
-    assert weights(wd, "tf-concise") == kept
+    assert lr_of(wd, "tf-concise-rnn") == 1.5
+    assert weights(wd, "tf-concise-rnn") == kept

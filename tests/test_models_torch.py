@@ -4,7 +4,8 @@ from torch.nn import functional as F
 
 from rnn.torch.concise import RNNModel
 from rnn.torch.kernels import onednn_usable
-from rnn.torch.scratch import RNNModelScratch, TanhRecurrence
+from rnn.torch.recurrences import OneHotTanhRecurrence
+from rnn.torch.scratch import RNNModelScratch
 from rnn.torch.train import clip_gradients, time_major_labels
 
 from .models_util import B, H, T, V, random_weights, tokens
@@ -16,8 +17,7 @@ def test_shapes_and_time_major_logits(cls, scratch_inputs):
     X = torch.from_numpy(tokens()[0])
     logits, state = model(X, model.begin_state(B))
     assert logits.shape == (T * B, V)
-    h = state[0]  # (H,) for scratch, (layers, batch, hiddens) for concise
-    assert h.shape == (B, H)
+    assert state[0].shape == (1, B, H)  # (layers, batch, hiddens)
     # Row t * B + b is the output for sequence b at step t: compare with stepping one token.
     state = model.begin_state(B)
     for t in range(T):
@@ -28,19 +28,19 @@ def test_shapes_and_time_major_logits(cls, scratch_inputs):
 def test_gather_path_equals_one_hot_path(monkeypatch):
     """The scratch recurrence's two input paths (a row gather of W_xh + b_h, and one-hot columns
     inside the step's product) give the same hidden states and the same gradients."""
-    import rnn.torch.scratch
+    import rnn.torch.recurrences
 
     weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
     X, Y = (torch.from_numpy(a) for a in tokens())
     results = []
     for share in (0.0, float("inf")):  # 0: always gather; inf: always one-hot
-        monkeypatch.setattr(rnn.torch.scratch, "ONE_HOT_MAX_SHARE", share)
+        monkeypatch.setattr(rnn.torch.recurrences, "ONE_HOT_MAX_SHARE", share)
         model = RNNModelScratch(V, H)
         model.load_canonical_weights(weights)
-        h0 = (0.1 * torch.ones(B, H)).requires_grad_()
+        h0 = (0.1 * torch.ones(1, B, H)).requires_grad_()
         logits, _ = model(X, (h0,))
         F.cross_entropy(logits, time_major_labels(Y)).backward()
-        grads = [p.grad for p in (model.W_xh, model.W_hh, model.b_h, h0)]
+        grads = [p.grad for p in (*model.layer(0), h0)]
         results.append((logits.detach(), grads))
     (gather, gather_grads), (one_hot, one_hot_grads) = results
     assert torch.allclose(gather, one_hot, atol=1e-6)
@@ -57,48 +57,19 @@ def test_labels_are_time_major():
     assert not torch.equal(labels, Y.reshape(-1))  # the book's TF bug would fail here
 
 
-def test_scratch_and_concise_agree_on_logits_and_gradients(scratch_inputs):
-    weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
-    scratch, concise = RNNModelScratch(V, H), RNNModel(V, H)
-    scratch.load_canonical_weights(weights)
-    concise.load_canonical_weights(weights)
-    X, Y = (torch.from_numpy(a) for a in tokens())
-    grads = []
-    for m in (scratch, concise):
-        logits, _ = m(X, m.begin_state(B))
-        F.cross_entropy(logits, time_major_labels(Y)).backward()
-        grads.append(logits)
-    assert torch.allclose(grads[0], grads[1], atol=1e-5)
-    s, c = scratch, concise
-    pairs = [
-        (s.W_xh.grad, c.rnn.weight_ih_l0.grad.T),
-        (s.W_hh.grad, c.rnn.weight_hh_l0.grad.T),
-        (s.b_h.grad, c.rnn.bias_ih_l0.grad),
-        (s.b_h.grad, c.rnn.bias_hh_l0.grad),
-        (s.W_hq.grad, c.linear.weight.grad.T),
-        (s.b_q.grad, c.linear.bias.grad),
-    ]
-    for a, b in pairs:
-        assert torch.allclose(a, b, atol=1e-5)
-
-
-def test_hand_written_bptt_matches_finite_differences(scratch_inputs):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 3, (5, 2), generator=g)  # (steps, batch) over a 3-token vocabulary
-    h0, w_hh, w_xh, b_h = (
-        (s * torch.randn(shape, dtype=torch.double, generator=g)).requires_grad_()
-        for s, shape in ((1, (2, 4)), (0.5, (4, 4)), (1, (3, 4)), (1, (4,)))
-    )
-    assert torch.autograd.gradcheck(TanhRecurrence.apply, (ids, h0, w_hh, w_xh, b_h))
+def test_scratch_model_gradient_matches_finite_differences(scratch_inputs):
+    """The whole scratch RNN (input gather or one-hot path, recurrence, output layer)."""
     model = RNNModelScratch(V, H, seed=1).double()
     X, Y = (torch.from_numpy(a) for a in tokens())
-    h0 = model.begin_state(B)[0].double()
+    h0 = model.begin_state(B)[0][0].double()
 
     def loss(W_xh, W_hh, b_h, W_hq, b_q):
-        hs = TanhRecurrence.apply(X.T, h0, W_hh, W_xh, b_h)
+        hs = OneHotTanhRecurrence.apply(X.T, h0, W_hh, W_xh, b_h)
         return F.cross_entropy(hs.reshape(-1, H) @ W_hq + b_q, time_major_labels(Y))
 
-    params = tuple(p.detach().clone().requires_grad_() for p in model.canonical_weights().values())
+    names = ("W_xh_l0", "W_hh_l0", "b_h_l0", "W_hq", "b_q")
+    weights = model.canonical_weights()
+    params = tuple(weights[n].detach().clone().requires_grad_() for n in names)
     assert torch.autograd.gradcheck(loss, params)
 
 
@@ -112,7 +83,7 @@ def test_onednn_products_equal_plain_ones(monkeypatch, scratch_inputs):
         monkeypatch.setenv("RNN_TORCH_ONEDNN", flag)
         model = RNNModelScratch(V, H)
         model.load_canonical_weights(weights)
-        h0 = torch.randn(B, H, generator=torch.Generator().manual_seed(3)).requires_grad_()
+        h0 = torch.randn(1, B, H, generator=torch.Generator().manual_seed(3)).requires_grad_()
         logits, (h_last,) = model(X, (h0,))
         (F.cross_entropy(logits, time_major_labels(Y)) + h_last.sum()).backward()
         grads = [p.grad for p in model.parameters()] + [h0.grad]

@@ -39,7 +39,7 @@ HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 90
 CRASH_BOUND_S = ZOMBIE_AFTER_S + HEARTBEAT_S + 15
 RUN_TIMEOUT_S = 900
 MACHINE_WORKERS = ("worker-1", "worker-1-pipelines", "worker-2", "worker-2-pipelines")
-SLOW_EPOCHS = 120  # ~30 s for torch-scratch on one thread: long enough to be killed mid-way
+SLOW_EPOCHS = 120  # ~30 s for torch-scratch-rnn on one thread: long enough to be killed mid-way
 
 
 def pool_cli(*args: str, env: dict[str, str]) -> dict:
@@ -288,14 +288,14 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         promoter = api.machine_of(retrain)
         tags = git("ls-remote", str(origin), "refs/tags/promoted/*", cwd=tmp_path)
         assert {line.rsplit("/", 1)[1] for line in tags.split("\n") if line} == {
-            "torch-scratch",
-            "torch-concise",
+            "torch-scratch-rnn",
+            "torch-concise-rnn",
         }
         other = next(m for m in ("worker-1", "worker-2") if m != promoter)
         view = home / "machines" / other / "view"
         git("clone", "-q", str(origin), str(view), cwd=view.parent)
         git("fetch", "-q", "origin", "refs/tags/promoted/*:refs/tags/promoted/*", cwd=view)
-        git("checkout", "-q", "promoted/torch-concise", cwd=view)
+        git("checkout", "-q", "promoted/torch-concise-rnn", cwd=view)
         sh = {"cwd": view, "env": check_env, "check": True, "capture_output": True}
         subprocess.run(
             ["dvc", "remote", "add", "--local", "-d", "s3", s3_remote["RNN_DVC_REMOTE"]], **sh
@@ -312,11 +312,11 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
             ],
             **sh,
         )
-        subprocess.run(["dvc", "pull", "-q", "train@torch-concise"], **sh)
-        record = json.loads((view / "data/models/torch-concise/run.json").read_text())
+        subprocess.run(["dvc", "pull", "-q", "train@torch-concise-rnn"], **sh)
+        record = json.loads((view / "data/models/torch-concise-rnn/run.json").read_text())
         assert record["variant"] == "concise"
-        evaluated = json.loads((view / "data/eval/torch-concise/eval.json").read_text())
-        assert evaluated["run"] == "torch-concise"
+        evaluated = json.loads((view / "data/eval/torch-concise-rnn/eval.json").read_text())
+        assert evaluated["run"] == "torch-concise-rnn"
     finally:
         saved = home / "state.json"
         pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None

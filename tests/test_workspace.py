@@ -46,7 +46,8 @@ def tiny(ws: Path) -> None:
     params = {
         "ingest": {"source": str(TIME_MACHINE), "sha1": None},
         "partition": {"max_tokens": 2000, "batch_size": 4, "num_steps": 10},
-        "train": {"epochs": 3, "checkpoint_every": 0, "models": {"scratch": {"num_hiddens": 8}}},
+        "train": {"epochs": 3, "checkpoint_every": 0, "models": ["rnn"]},
+        "models": {"rnn": {"num_hiddens": 8}},
     }
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -59,15 +60,15 @@ def test_every_command_works_on_its_workdir_not_the_current_directory(tmp_path):
         assert rnn(stage, "--workdir", str(ws), cwd=elsewhere).returncode == 0
     trained = rnn("train", "-b", "torch", "-v", "scratch", "-w", str(ws), cwd=elsewhere)
     assert trained.returncode == 0, trained.stderr
-    assert json.loads(trained.stdout)["model_dir"] == str(ws / "data/models/torch-scratch")
+    assert json.loads(trained.stdout)["model_dir"] == str(ws / "data/models/torch-scratch-rnn")
     # Not a terminal: one plain progress line per epoch on stderr.
-    lines = [x for x in trained.stderr.splitlines() if x.startswith("torch-scratch epoch ")]
+    lines = [x for x in trained.stderr.splitlines() if x.startswith("torch-scratch-rnn epoch ")]
     assert [x.split()[2] for x in lines] == ["1/3:", "2/3:", "3/3:"]
     assert (
         rnn("evaluate", "-b", "torch", "-v", "scratch", "-w", str(ws), cwd=elsewhere).returncode
         == 0
     )
-    assert (ws / "data/eval/torch-scratch/eval.json").is_file()
+    assert (ws / "data/eval/torch-scratch-rnn/eval.json").is_file()
     assert list(elsewhere.iterdir()) == []
 
 

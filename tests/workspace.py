@@ -35,9 +35,9 @@ def tiny_params(lr: float = 1.0) -> dict:
         epochs=2,
         lr=lr,
         checkpoint_every=0,
-        models={"scratch": {"num_hiddens": 16}, "concise": {"num_hiddens": 16}},
         threads=1,  # 16 units: a second thread only adds synchronisation
     )
+    params["models"]["rnn"]["num_hiddens"] = 16
     params["evaluate"].update(num_preds=10)
     return params
 

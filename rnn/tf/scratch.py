@@ -1,74 +1,115 @@
-"""The chapter's RNN from scratch in TensorFlow: explicit W_xh, W_hh, b_h, W_hq, b_q.
+"""The chapter's models from scratch in TensorFlow: RNN, GRU and LSTM cells, one or more stacked
+layers; ``rnn/torch/scratch.py`` line for line.
 
-The one-hot product is a row gather, the output layer runs once over all steps, and logits are
-time-major (row ``t * batch + b``). The time loop is a Python loop over a static number of steps,
-unrolled into the graph by ``tf.function``. As in ``rnn/torch/scratch.py`` the recurrence has a
-hand-written backward pass (``tanh_recurrence``): autodiff of the unrolled loop would form W_hh's
-gradient as 35 thin products (batch 32 deep), where one product over all steps is ~1.6x faster.
-Tests check it against finite differences and against PyTorch.
+Each layer keeps its gates side by side in three fused variables: ``W_x_l<k>`` (inputs x gates
+* hidden), ``W_h_l<k>`` (hidden x gates * hidden) and ``b_l<k>``; ``canonical_weights`` names
+them the book's way (see ``rnn/canonical.py``). Weights are drawn from N(0, 0.01), biases are
+zero. The first layer's input share of every gate is a row gather of ``W_x`` (what the book's
+one-hot product computes), an upper layer's one product over all steps; the recurrence has a
+hand-written backward pass (``rnn/tf/recurrences.py``); dropout (while training) sits on each
+layer's output; the output layer runs once over all steps; logits are time-major (row
+``t * batch + b``). The state is a tuple: (H,) or, for the LSTM, (H, C), each (layers, batch,
+hidden).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+
+from rnn.canonical import join_gates, split_gates
+from rnn.registry import CELLS
+from rnn.tf.recurrences import gru_recurrence, lstm_recurrence, tanh_recurrence
 
 
 def normal(shape: tuple[int, ...], generator: tf.random.Generator) -> tf.Tensor:
     return generator.normal(shape, mean=0.0, stddev=0.01, dtype=tf.float32)
 
 
-@tf.custom_gradient
-def tanh_recurrence(xw: tf.Tensor, h0: tf.Tensor, W_hh: tf.Tensor):
-    """H_t = tanh(XW_t + H_{t-1} @ W_hh) for all t, with a hand-written backward (BPTT) whose
-    weight gradient is one product over all steps instead of one small product per step."""
-    h, outputs = h0, []
-    for t in range(xw.shape[0]):
-        h = tf.tanh(xw[t] + tf.matmul(h, W_hh))
-        outputs.append(h)
-    hs = tf.stack(outputs)
+def dropout(x: tf.Tensor, p: float, seed: tf.Tensor | None) -> tf.Tensor:
+    """Inverted dropout with a stateless mask from ``seed`` (a pair the engine derives from the
+    run's seed, the epoch, the minibatch and the layer), so a resumed run draws the same masks."""
+    if p == 0 or seed is None:
+        return x
+    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= p
+    return x * tf.cast(keep, x.dtype) / (1 - p)
 
-    def backward(grad_hs: tf.Tensor):
-        tanh_grad = 1 - hs * hs
-        carry, grad_pre = tf.zeros_like(h0), []
-        for t in range(xw.shape[0] - 1, -1, -1):
-            g = (grad_hs[t] + carry) * tanh_grad[t]
-            grad_pre.append(g)
-            carry = tf.matmul(g, W_hh, transpose_b=True)
-        grad_pre = tf.stack(grad_pre[::-1])
-        hidden = W_hh.shape[0]
-        prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), (-1, hidden))
-        grad_w = tf.matmul(prev, tf.reshape(grad_pre, (-1, hidden)), transpose_a=True)
-        return grad_pre, carry, grad_w
 
-    return hs, backward
+def layer_seed(seed: tf.Tensor | None, layer: int) -> tf.Tensor | None:
+    return None if seed is None else seed + tf.constant([0, layer], dtype=seed.dtype)
 
 
 class RNNModelScratch(tf.Module):
-    def __init__(self, vocab_size: int, num_hiddens: int, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_hiddens: int,
+        seed: int | None = None,
+        cell: str = "rnn",
+        num_layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        self.cell, self.num_layers, self.dropout = cell, num_layers, dropout
+        gates = CELLS[cell].num_gates
         gen = tf.random.Generator.from_seed(seed if seed is not None else 0)
-        self.W_xh = tf.Variable(normal((vocab_size, num_hiddens), gen), name="W_xh")
-        self.W_hh = tf.Variable(normal((num_hiddens, num_hiddens), gen), name="W_hh")
-        self.b_h = tf.Variable(tf.zeros(num_hiddens), name="b_h")
+        self.layers = []
+        for k in range(num_layers):
+            inputs = vocab_size if k == 0 else num_hiddens
+            W_x = tf.Variable(normal((inputs, gates * num_hiddens), gen), name=f"W_x_l{k}")
+            W_h = tf.Variable(normal((num_hiddens, gates * num_hiddens), gen), name=f"W_h_l{k}")
+            b = tf.Variable(tf.zeros(gates * num_hiddens), name=f"b_l{k}")
+            self.layers.append((W_x, W_h, b))
         self.W_hq = tf.Variable(normal((num_hiddens, vocab_size), gen), name="W_hq")
         self.b_q = tf.Variable(tf.zeros(vocab_size), name="b_q")
 
-    def begin_state(self, batch_size: int, device: str | None = None) -> tuple[tf.Tensor]:
+    @property
+    def ordered_variables(self) -> list[tf.Variable]:
+        return [v for layer in self.layers for v in layer] + [self.W_hq, self.b_q]
+
+    def begin_state(self, batch_size: int, device: str | None = None) -> tuple[tf.Tensor, ...]:
         with tf.device(device):  # None: TensorFlow's placement, as the engine uses
-            return (tf.zeros((batch_size, self.num_hiddens)),)
+            shape = (self.num_layers, batch_size, self.num_hiddens)
+            return tuple(tf.zeros(shape) for _ in CELLS[self.cell].states)
 
-    def __call__(self, X: tf.Tensor, state: tuple[tf.Tensor]) -> tuple[tf.Tensor, tuple[tf.Tensor]]:
-        """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state."""
-        (H,) = state
-        xw = tf.gather(self.W_xh, tf.transpose(X)) + self.b_h  # == one_hot(X.T) @ W_xh + b_h
-        hs = tanh_recurrence(xw, H, self.W_hh)
-        logits = tf.matmul(tf.reshape(hs, (-1, self.num_hiddens)), self.W_hq) + self.b_q
-        return logits, (hs[-1],)
+    def __call__(
+        self, X: tf.Tensor, state: tuple[tf.Tensor, ...], seed: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+        """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state. Dropout masks
+        come from ``seed`` (none: no dropout, as in evaluation)."""
+        below = None
+        finals: list[list[tf.Tensor]] = [[] for _ in state]
+        for k, (W_x, W_h, b) in enumerate(self.layers):
+            if below is None:
+                xw = tf.gather(W_x, tf.transpose(X)) + b  # == one_hot(X.T) @ W_x + b
+            else:
+                flat = tf.matmul(tf.reshape(below, (-1, self.num_hiddens)), W_x) + b
+                xw = tf.reshape(flat, (tf.shape(below)[0], tf.shape(below)[1], -1))
+            if self.cell == "lstm":
+                hs, c_last = lstm_recurrence(xw, state[0][k], state[1][k], W_h)
+                last = [hs[-1], c_last]
+            else:
+                recurrence = tanh_recurrence if self.cell == "rnn" else gru_recurrence
+                hs = recurrence(xw, state[0][k], W_h)
+                last = [hs[-1]]
+            for kept, s in zip(finals, last, strict=True):
+                kept.append(s)
+            below = dropout(hs, self.dropout, layer_seed(seed, k))
+        logits = tf.matmul(tf.reshape(below, (-1, self.num_hiddens)), self.W_hq) + self.b_q
+        return logits, tuple(tf.stack(s) for s in finals)
 
-    def canonical_weights(self) -> dict[str, tf.Variable]:
-        return {n: getattr(self, n) for n in ("W_xh", "W_hh", "b_h", "W_hq", "b_q")}
+    def canonical_weights(self) -> dict[str, tf.Tensor]:
+        out: dict[str, tf.Tensor] = {}
+        for k, layer in enumerate(self.layers):
+            out.update(split_gates(self.cell, k, *(tf.convert_to_tensor(v) for v in layer)))
+        out["W_hq"], out["b_q"] = tf.convert_to_tensor(self.W_hq), tf.convert_to_tensor(self.b_q)
+        return out
 
     def load_canonical_weights(self, weights) -> None:
-        for name, value in weights.items():
-            getattr(self, name).assign(value)
+        arrays = {n: np.asarray(v) for n, v in weights.items()}
+        for k, layer in enumerate(self.layers):
+            for var, value in zip(layer, join_gates(self.cell, k, arrays), strict=True):
+                var.assign(value)
+        self.W_hq.assign(arrays["W_hq"])
+        self.b_q.assign(arrays["b_q"])

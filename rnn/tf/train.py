@@ -3,7 +3,9 @@
 A whole epoch runs inside one ``tf.function`` (a graph ``while`` loop over the minibatches), so
 the host does no work per step; the maths per minibatch is the chapter's: state carried and
 ``stop_gradient``-ed (sequential) or fresh (random), mean cross-entropy against time-major labels,
-``tf.clip_by_global_norm`` at theta, SGD.
+``tf.clip_by_global_norm`` at theta, the step's learning rate (``rnn/schedule.py``, passed in as
+one tensor per epoch) and SGD, Adam or AdamW written out with PyTorch's formulas, so both
+frameworks take the same steps (tests/test_optim.py).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from safetensors.numpy import load_file, save_file
 
+from rnn.config import OptimizerConfig
+from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
-from rnn.record import weights_metadata
+from rnn.record import read_weights, write_weights
 from rnn.sampling import generate
 from rnn.tf.concise import RNNModel
 from rnn.tf.scratch import RNNModelScratch
@@ -81,6 +84,45 @@ def mean_cross_entropy(logits: tf.Tensor, Y: tf.Tensor) -> tf.Tensor:
     )
 
 
+class Optimizer:
+    """PyTorch's SGD, Adam and AdamW update rules (torch.optim's single-tensor code), with
+    weight decay on the weight matrices only: L2 added to the gradient for sgd and adam,
+    decoupled for adamw. Moments and the step count are variables, so they live in the graph
+    and in checkpoints."""
+
+    def __init__(self, variables: list[tf.Variable], cfg: OptimizerConfig) -> None:
+        self.cfg, self.variables = cfg, variables
+        self.decays = [len(v.shape) >= 2 and cfg.weight_decay > 0 for v in variables]
+        self.slots: list[tf.Variable] = []
+        if cfg.name != "sgd":
+            self.step = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="step")
+            self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+            self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+            self.slots = [self.step, *self.m, *self.v]
+
+    def apply(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
+        cfg, wd = self.cfg, self.cfg.weight_decay
+        if cfg.name == "sgd":
+            for var, grad, decays in zip(self.variables, grads, self.decays, strict=True):
+                var.assign_sub(lr * (grad + wd * var if decays else grad))
+            return
+        beta1, beta2 = cfg.betas
+        step = self.step.assign_add(1.0)
+        # bias corrections in float64, as PyTorch computes them on Python floats
+        step_size = tf.cast(tf.cast(lr, tf.float64) / (1 - beta1**step), tf.float32)
+        correction2_sqrt = tf.cast(tf.sqrt(1 - beta2**step), tf.float32)
+        for var, grad, m, v, decays in zip(
+            self.variables, grads, self.m, self.v, self.decays, strict=True
+        ):
+            if decays and cfg.name == "adamw":
+                var.assign(var * (1 - lr * wd))
+            elif decays:
+                grad = grad + wd * var
+            m.assign(m + (1 - beta1) * (grad - m))  # torch's lerp_
+            v.assign(v * beta2 + (1 - beta2) * grad * grad)
+            var.assign_sub(step_size * (m / (tf.sqrt(v) / correction2_sqrt + cfg.eps)))
+
+
 class Engine:
     def __init__(
         self,
@@ -88,8 +130,12 @@ class Engine:
         vocab_size: int,
         num_hiddens: int,
         *,
+        cell: str = "rnn",
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        optimizer: OptimizerConfig | None = None,
         lr: float = 1.0,
-        theta: float = 1.0,
+        theta: float | None = 1.0,
         device: str = "cpu",
         seed: int = 0,
         threads: int | None = None,
@@ -101,54 +147,89 @@ class Engine:
             keep_freed_memory()
         tf.random.set_seed(seed)
         with tf.device(self.device):
-            self.model = MODELS[variant](vocab_size, num_hiddens, seed=seed)
-        self.variables = list(self.model.canonical_weights().values())
+            self.model = MODELS[variant](
+                vocab_size,
+                num_hiddens,
+                seed=seed,
+                cell=cell,
+                num_layers=num_layers,
+                dropout=dropout,
+            )
+            self.variables = self.model.ordered_variables
+            self.optimizer = Optimizer(self.variables, optimizer or OptimizerConfig())
         self.jit = use_jit(variant)
-        self.lr, self.theta = lr, theta
+        self.lr, self.theta, self.seed = lr, theta, seed
         self._epoch_fns: dict[bool, tf.types.experimental.GenericFunction] = {}
         # Splits differ in length and rows: let one trace serve them all.
         self._eval_fn = tf.function(self._eval_graph, reduce_retracing=True)
         self._step_fn = tf.function(self.model.__call__)
 
-    def train_step(self, X: tf.Tensor, Y: tf.Tensor, state):
+    def train_step(self, X: tf.Tensor, Y: tf.Tensor, state, lr: tf.Tensor, seed=None):
         with tf.GradientTape() as tape:
-            logits, state = self.model(X, state)
+            logits, state = self.model(X, state, seed)
             loss = mean_cross_entropy(logits, Y)
         # The gather's gradient is sparse (IndexedSlices); the update wants dense tensors.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
-        grads, _ = tf.clip_by_global_norm(grads, self.theta)  # g * theta / max(||g||, theta)
-        for var, grad in zip(self.variables, grads, strict=True):
-            var.assign_sub(self.lr * grad)
+        if self.theta is not None:  # g * theta / max(||g||, theta)
+            grads, _ = tf.clip_by_global_norm(grads, self.theta)
+        self.optimizer.apply(grads, lr)
         return loss, [tf.stop_gradient(s) for s in state]
 
-    def _epoch_graph(self, xs: tf.Tensor, ys: tf.Tensor, fresh_state: bool) -> tf.Tensor:
+    def _epoch_graph(
+        self, xs: tf.Tensor, ys: tf.Tensor, lrs: tf.Tensor, seed: tf.Tensor, fresh_state: bool
+    ) -> tf.Tensor:
+        """``seed``: the epoch's dropout seed; minibatch i and layer k draw from
+        ``seed + [i * 1024, k]``."""
         batch = tf.shape(xs)[1]
         total = tf.constant(0.0)
+
+        def step_seed(i):
+            return seed + tf.stack([tf.cast(i, tf.int64) * 1024, tf.constant(0, tf.int64)])
+
         if fresh_state:  # a Python bool: each scheme gets its own graph
             # No state crosses minibatches, so none is a loop variable (Keras returns its state
             # with an unknown batch size, which a loop variable may not change to).
             for i in tf.range(tf.shape(xs)[0]):
-                loss, _ = self.train_step(xs[i], ys[i], list(self.model.begin_state(batch)))
+                state = list(self.model.begin_state(batch))
+                loss, _ = self.train_step(xs[i], ys[i], state, lrs[i], step_seed(i))
                 total += loss
             return total
         state = list(self.model.begin_state(batch))
         for i in tf.range(tf.shape(xs)[0]):
-            loss, state = self.train_step(xs[i], ys[i], state)
+            loss, state = self.train_step(xs[i], ys[i], state, lrs[i], step_seed(i))
             total += loss
         return total
 
-    def train_epoch(self, xs: np.ndarray, ys: np.ndarray, sampling: str) -> tuple[float, int]:
-        """One pass over an epoch's minibatches (num_batches, batch, steps); returns loss sum, count."""
+    def train_epoch(
+        self,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        sampling: str,
+        lrs: np.ndarray | None = None,
+        epoch: int = 0,
+    ) -> tuple[float, int]:
+        """One pass over an epoch's minibatches (num_batches, batch, steps) at the learning rate
+        ``lrs[i]`` for minibatch i (default: the engine's ``lr``); returns loss sum, count.
+        Dropout masks are drawn from stateless seeds derived from (seed, ``epoch``)."""
         fresh = sampling == "random"
         if fresh not in self._epoch_fns:
             spec = tf.TensorSpec([None, *xs.shape[1:]], tf.int32)
             self._epoch_fns[fresh] = tf.function(
-                lambda a, b: self._epoch_graph(a, b, fresh),
-                input_signature=[spec, spec],
+                lambda a, b, r, s: self._epoch_graph(a, b, r, s, fresh),
+                input_signature=[
+                    spec,
+                    spec,
+                    tf.TensorSpec([None], tf.float32),
+                    tf.TensorSpec([2], tf.int64),
+                ],
                 jit_compile=self.jit,
             )
+        rates = (
+            np.full(len(xs), self.lr, np.float32) if lrs is None else np.asarray(lrs, np.float32)
+        )
+        seed = np.array([dropout_seed(self.seed, epoch) % (2**62), 0], np.int64)
         with tf.device(self.device):
-            total = self._epoch_fns[fresh](xs.astype(np.int32), ys.astype(np.int32))
+            total = self._epoch_fns[fresh](xs.astype(np.int32), ys.astype(np.int32), rates, seed)
         return float(total) * xs[0].size, xs.size
 
     def _eval_graph(self, xs: tf.Tensor, ys: tf.Tensor) -> tf.Tensor:
@@ -194,8 +275,26 @@ class Engine:
         self.model.load_canonical_weights({k: np.asarray(v) for k, v in weights.items()})
 
     def save(self, path, metadata: dict[str, str] | None = None) -> None:
-        """Weights only, as safetensors (no pickle); the names are the chapter's."""
-        save_file(self.canonical_weights(), str(path), metadata=weights_metadata(metadata))
+        """The model file: canonical weights only (rnn/canonical.py)."""
+        write_weights(path, self.canonical_weights(), metadata)
 
     def load(self, path) -> None:
-        self.load_canonical_weights(load_file(str(path)))
+        self.load_canonical_weights(read_weights(path))
+
+    def save_checkpoint(self, path, metadata: dict[str, str], extra: dict[str, np.ndarray]) -> None:
+        """Everything a bit-identical resume needs: the model's own variables (the canonical
+        names sum the concise GRU's biases), the optimiser's slots and ``extra`` arrays (the
+        best weights so far), as safetensors."""
+        arrays = {f"model.{i}": v.numpy() for i, v in enumerate(self.variables)}
+        arrays.update({f"optimizer.{i}": v.numpy() for i, v in enumerate(self.optimizer.slots)})
+        arrays.update({f"extra.{k}": v for k, v in extra.items()})
+        write_weights(path, arrays, metadata)
+
+    def load_checkpoint(self, path) -> dict[str, np.ndarray]:
+        """Restore what ``save_checkpoint`` wrote; returns its ``extra`` arrays."""
+        arrays = read_weights(path)
+        for i, v in enumerate(self.variables):
+            v.assign(arrays[f"model.{i}"])
+        for i, v in enumerate(self.optimizer.slots):
+            v.assign(arrays[f"optimizer.{i}"])
+        return {k.removeprefix("extra."): v for k, v in arrays.items() if k.startswith("extra.")}

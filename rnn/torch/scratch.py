@@ -1,124 +1,145 @@
-"""The chapter's RNN from scratch: explicit parameters W_xh, W_hh, b_h, W_hq, b_q.
+"""The chapter's models from scratch: RNN, GRU and LSTM cells, one or more stacked layers.
 
-The recurrence ``H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h)`` is one autograd node per minibatch
-(``TanhRecurrence``) with a hand-written backward pass (BPTT), so autograd does no per-step work:
-- for a small vocabulary (characters) each step is one fused product
-  ``tanh([H_{t-1}, one_hot(x_t)] @ [W_hh; W_xh] + b_h)``, written straight into a buffer that
-  already holds the one-hot columns (``kernels.tanh_linear``); for a large one (words) the input
-  term is a row gather ``(W_xh + b_h)[x_t]``, added inside the step's product;
-- the backward adds the next step's incoming gradient inside the step's product, and the weight
-  gradients come from one large product over all steps.
-The output layer runs once over all steps. Logits are time-major: row ``t * batch + b``.
-Tests prove the maths equal to the chapter's per-step loop, to finite differences and to nn.RNN,
-on both input paths.
+Each layer keeps its gates side by side in three fused parameters: ``W_x_l<k>`` (inputs x gates
+* hidden), ``W_h_l<k>`` (hidden x gates * hidden) and ``b_l<k>``; ``canonical_weights`` names
+them the book's way (``W_xz_l0``, ``W_hr_l0``, ``b_c_l1`` ... see ``rnn/canonical.py``). Weights
+are drawn from N(0, 0.01), biases are zero (the book's). Per minibatch, each layer:
+- computes its input's share of every gate for all steps at once: a row gather of ``W_x + b``
+  for token ids (what the book's one-hot product computes), one product for a layer below;
+- runs its recurrence as one autograd node with a hand-written backward pass
+  (``rnn/torch/recurrences.py``); the first RNN layer on a character vocabulary fuses the
+  one-hot product and tanh into each step's product instead;
+- hands its outputs, through dropout while training, to the next layer or the output layer,
+  which runs once over all steps. Logits are time-major: row ``t * batch + b``.
+The state is a tuple: (H,) or, for the LSTM, (H, C), each (layers, batch, hidden).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from rnn.torch.kernels import matmul, right_multiplier, tanh_linear
-
-# One-hot columns make each step's product (hidden + vocab) wide instead of hidden: worth it for
-# the fused tanh while vocab is a small share of hidden (characters), not for words.
-ONE_HOT_MAX_SHARE = 0.125
+from rnn.canonical import GRU_RECURRENT_BIAS, join_gates, split_gates
+from rnn.registry import CELLS
+from rnn.torch.recurrences import (
+    GRURecurrence,
+    LSTMRecurrence,
+    OneHotTanhRecurrence,
+    TanhRecurrence,
+    fuses_one_hot,
+)
 
 
 def normal(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator) * 0.01
 
 
-def fuses_one_hot(vocab_size: int, num_hiddens: int) -> bool:
-    return vocab_size <= num_hiddens * ONE_HOT_MAX_SHARE
-
-
-class TanhRecurrence(torch.autograd.Function):
-    """Hidden states ``H_1..H_T`` (steps, batch, hidden) for token ids ``X`` (steps, batch).
-
-    Both paths keep ``states[t] = [H_t, (one_hot(x_{t+1}))]`` for t = 0..T; the backward needs
-    ``H_1..H_T`` and, as the weight gradient's left operand, ``states[0..T-1]``.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, X: Tensor, h0: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor
-    ) -> Tensor:
-        steps, batch = X.shape
-        (vocab, hidden), one_hot = W_xh.shape, fuses_one_hot(*W_xh.shape)
-        width = hidden + (vocab if one_hot else 0)
-        states = (
-            h0.new_zeros(steps + 1, batch, width)
-            if one_hot
-            else h0.new_empty(steps + 1, batch, width)
-        )
-        states[0, :, :hidden] = h0
-        if one_hot:
-            states[:steps, :, hidden:].scatter_(2, X.unsqueeze(-1), 1.0)
-            step = tanh_linear(torch.cat([W_hh.t(), W_xh.t()], 1), b_h, batch, steps)
-            for t in range(steps):
-                states[t + 1, :, :hidden] = step(states[t])
-        else:
-            xw = nn.functional.embedding(X, W_xh + b_h)  # == one_hot(X) @ W_xh + b_h
-            times_w_hh = right_multiplier(W_hh, batch, steps)
-            for t in range(steps):
-                torch.tanh(times_w_hh(states[t], xw[t]), out=states[t + 1])
-        ctx.save_for_backward(X, states, W_hh)
-        ctx.vocab_size = vocab
-        return states[1:, :, :hidden]
-
-    @staticmethod
-    def backward(ctx, grad_hs: Tensor):  # type: ignore[override]
-        X, states, W_hh = ctx.saved_tensors
-        steps, batch, width = states.shape[0] - 1, states.shape[1], states.shape[2]
-        hidden = W_hh.shape[0]
-        hs = states[1:, :, :hidden]
-        grad_hs = grad_hs.contiguous()
-        times_w_hh_t = right_multiplier(W_hh.t(), batch, steps)
-        # gradient wrt the pre-activation: tanh' = 1 - H_t^2, times dL/dH_t (filled in below)
-        grad_pre = torch.addcmul(hs.new_ones(()), hs, hs, value=-1)
-        grad_h = grad_hs[steps - 1]
-        for t in range(steps - 1, 0, -1):
-            grad_h = times_w_hh_t(grad_pre[t].mul_(grad_h), grad_hs[t - 1])
-        grad_pre[0].mul_(grad_h)
-        grad_h0 = times_w_hh_t(grad_pre[0], None) if ctx.needs_input_grad[1] else None
-        flat_pre = grad_pre.reshape(-1, hidden)
-        # W_hh's gradient (and W_xh's on the one-hot path) summed over all steps in one product;
-        # an explicit transposed copy measures faster than letting oneDNN copy a strided operand
-        grad_w = matmul(states[:steps].reshape(-1, width).t().contiguous(), flat_pre)
-        if width > hidden:
-            grad_w_xh = grad_w[hidden:]
-        else:  # the gather's gradient: each step's rows added into the rows of its tokens
-            grad_w_xh = flat_pre.new_zeros(ctx.vocab_size, hidden)
-            grad_w_xh.index_add_(0, X.reshape(-1), flat_pre)
-        return None, grad_h0, grad_w[:hidden], grad_w_xh, flat_pre.sum(0)
+def dropout(x: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+    """Inverted dropout with masks from ``generator`` (seeded per epoch by the engine), so a
+    resumed run draws the masks an uninterrupted one would."""
+    if p == 0 or generator is None:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep.to(x.dtype) / (1 - p)
 
 
 class RNNModelScratch(nn.Module):
-    def __init__(self, vocab_size: int, num_hiddens: int, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        num_hiddens: int,
+        seed: int | None = None,
+        cell: str = "rnn",
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        reset_after: bool = False,
+    ) -> None:
+        """``reset_after``: the GRU in PyTorch's and cuDNN's form (see GRURecurrence), which
+        the tests use to prove the recurrence against nn.GRU; the book's form is the default."""
         super().__init__()
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        self.cell, self.num_layers, self.dropout = cell, num_layers, dropout
+        self.reset_after = reset_after and cell == "gru"
+        gates = CELLS[cell].num_gates
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.W_xh = nn.Parameter(normal((vocab_size, num_hiddens), gen))
-        self.W_hh = nn.Parameter(normal((num_hiddens, num_hiddens), gen))
-        self.b_h = nn.Parameter(torch.zeros(num_hiddens))
+        for k in range(num_layers):
+            inputs = vocab_size if k == 0 else num_hiddens
+            self.register_parameter(
+                f"W_x_l{k}", nn.Parameter(normal((inputs, gates * num_hiddens), gen))
+            )
+            self.register_parameter(
+                f"W_h_l{k}", nn.Parameter(normal((num_hiddens, gates * num_hiddens), gen))
+            )
+            self.register_parameter(f"b_l{k}", nn.Parameter(torch.zeros(gates * num_hiddens)))
+            if self.reset_after:
+                self.register_parameter(f"b_hh_l{k}", nn.Parameter(torch.zeros(num_hiddens)))
         self.W_hq = nn.Parameter(normal((num_hiddens, vocab_size), gen))
         self.b_q = nn.Parameter(torch.zeros(vocab_size))
 
-    def begin_state(self, batch_size: int, device: torch.device | str | None = None):
-        return (torch.zeros((batch_size, self.num_hiddens), device=device or self.W_hh.device),)
+    def layer(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        return getattr(self, f"W_x_l{k}"), getattr(self, f"W_h_l{k}"), getattr(self, f"b_l{k}")
 
-    def forward(self, X: Tensor, state: tuple[Tensor]) -> tuple[Tensor, tuple[Tensor]]:
-        """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state."""
-        (h0,) = state
-        hs = TanhRecurrence.apply(X.T, h0, self.W_hh, self.W_xh, self.b_h)
-        logits = torch.addmm(self.b_q, hs.reshape(-1, self.num_hiddens), self.W_hq)
-        return logits, (hs[-1].clone(),)  # a copy: a view would keep the step buffer alive
+    def begin_state(self, batch_size: int, device: torch.device | str | None = None):
+        device = device or self.W_hq.device
+        shape = (self.num_layers, batch_size, self.num_hiddens)
+        return tuple(torch.zeros(shape, device=device) for _ in CELLS[self.cell].states)
+
+    def forward(
+        self, X: Tensor, state: tuple[Tensor, ...], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state. Dropout
+        masks come from ``generator`` (none: no dropout, as in evaluation)."""
+        ids, below = X.T, None
+        finals: list[list[Tensor]] = [[] for _ in state]
+        for k in range(self.num_layers):
+            outputs, last = self._layer_forward(k, ids, below, [s[k] for s in state])
+            for kept, s in zip(finals, last, strict=True):
+                kept.append(s)
+            below = dropout(outputs, self.dropout, generator)
+        logits = torch.addmm(self.b_q, below.reshape(-1, self.num_hiddens), self.W_hq)
+        return logits, tuple(torch.stack(s) for s in finals)
+
+    def _layer_forward(
+        self, k: int, ids: Tensor, below: Tensor | None, state: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        W_x, W_h, b = self.layer(k)
+        if k == 0 and self.cell == "rnn" and fuses_one_hot(self.vocab_size, self.num_hiddens):
+            hs = OneHotTanhRecurrence.apply(ids, state[0], W_h, W_x, b)
+            return hs, [hs[-1]]
+        if below is None:
+            xw = F.embedding(ids, W_x + b)  # == one_hot(ids) @ W_x + b
+        else:
+            steps, batch, _ = below.shape
+            xw = torch.addmm(b, below.reshape(-1, self.num_hiddens), W_x).view(steps, batch, -1)
+        if self.cell == "rnn":
+            hs = TanhRecurrence.apply(xw, state[0], W_h)
+            return hs, [hs[-1]]
+        if self.cell == "gru":
+            b_hh = getattr(self, f"b_hh_l{k}") if self.reset_after else None
+            hs = GRURecurrence.apply(xw, state[0], W_h, b_hh, self.reset_after)
+            return hs, [hs[-1]]
+        hs, c_last = LSTMRecurrence.apply(xw, state[0], state[1], W_h)
+        return hs, [hs[-1], c_last]
 
     def canonical_weights(self) -> dict[str, Tensor]:
-        return {n: getattr(self, n).detach() for n in ("W_xh", "W_hh", "b_h", "W_hq", "b_q")}
+        out: dict[str, Tensor] = {}
+        for k in range(self.num_layers):
+            out.update(split_gates(self.cell, k, *(p.detach() for p in self.layer(k))))
+            if self.reset_after:
+                out[f"{GRU_RECURRENT_BIAS}_l{k}"] = getattr(self, f"b_hh_l{k}").detach()
+        out["W_hq"], out["b_q"] = self.W_hq.detach(), self.b_q.detach()
+        return out
 
     def load_canonical_weights(self, weights: dict[str, Tensor]) -> None:
         with torch.no_grad():
-            for name, value in weights.items():
-                getattr(self, name).copy_(torch.as_tensor(value))
+            for k in range(self.num_layers):
+                fused = join_gates(
+                    self.cell, k, {n: torch.as_tensor(v).cpu() for n, v in weights.items()}
+                )
+                for param, value in zip(self.layer(k), fused, strict=True):
+                    param.copy_(torch.as_tensor(value))
+                if self.reset_after:
+                    getattr(self, f"b_hh_l{k}").copy_(torch.as_tensor(weights[f"b_hh_l{k}"]))
+            self.W_hq.copy_(torch.as_tensor(weights["W_hq"]))
+            self.b_q.copy_(torch.as_tensor(weights["b_q"]))

@@ -2,7 +2,9 @@
 
 One ``Engine`` owns a model and its optimiser. Per minibatch: state carried and detached
 (sequential) or fresh (random); mean cross-entropy against time-major labels; global-norm clipping
-at theta; SGD. Losses stay on the device until the end of the epoch (no per-step host sync).
+at theta; the step's learning rate (``rnn/schedule.py``); SGD, Adam or AdamW (weight decay on
+weight matrices only). Losses stay on the device until the end of the epoch (no per-step host
+sync).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from rnn.config import OptimizerConfig
+from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
-from rnn.record import weights_metadata
+from rnn.record import read_weights, weights_metadata, write_weights
 from rnn.sampling import generate
 from rnn.torch.concise import RNNModel
 from rnn.torch.scratch import RNNModelScratch
@@ -52,6 +56,20 @@ def detach_state(state):
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
+def make_optimizer(
+    params: list[torch.nn.Parameter], cfg: OptimizerConfig, lr: float
+) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW; weight decay applies to the weight matrices, not to biases."""
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return kind(groups, lr=lr, betas=cfg.betas, eps=cfg.eps)
+
+
 def clip_gradients(params: list[torch.nn.Parameter], theta: float) -> None:
     """The book's global-norm clipping: if ||g|| > theta, g *= theta / ||g||; no host sync."""
     grads = [p.grad for p in params]
@@ -66,8 +84,12 @@ class Engine:
         vocab_size: int,
         num_hiddens: int,
         *,
+        cell: str = "rnn",
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        optimizer: OptimizerConfig | None = None,
         lr: float = 1.0,
-        theta: float = 1.0,
+        theta: float | None = 1.0,
         device: str = "cpu",
         seed: int = 0,
         threads: int | None = None,
@@ -77,35 +99,51 @@ class Engine:
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.model = MODELS[variant](vocab_size, num_hiddens, seed=seed).to(self.device)
+        self.model = MODELS[variant](
+            vocab_size, num_hiddens, seed=seed, cell=cell, num_layers=num_layers, dropout=dropout
+        ).to(self.device)
         self.params = list(self.model.parameters())
-        self.optimizer = torch.optim.SGD(self.params, lr=lr)
-        self.theta = theta
+        self.optimizer = make_optimizer(self.params, optimizer or OptimizerConfig(), lr)
+        self.lr, self.theta, self.seed = lr, theta, seed
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
 
-    def train_step(self, X: torch.Tensor, Y: torch.Tensor, state):
-        logits, state = self.model(X, state)
+    def train_step(self, X: torch.Tensor, Y: torch.Tensor, state, lr: float, generator=None):
+        logits, state = self.model(X, state, generator)
         loss = F.cross_entropy(logits, time_major_labels(Y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_gradients(self.params, self.theta)
+        if self.theta is not None:
+            clip_gradients(self.params, self.theta)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         return loss.detach(), state
 
-    def train_epoch(self, xs: np.ndarray, ys: np.ndarray, sampling: str) -> tuple[float, int]:
-        """One pass over an epoch's minibatches (num_batches, batch, steps); returns loss sum, count."""
+    def train_epoch(
+        self,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        sampling: str,
+        lrs: np.ndarray | None = None,
+        epoch: int = 0,
+    ) -> tuple[float, int]:
+        """One pass over an epoch's minibatches (num_batches, batch, steps) at the learning rate
+        ``lrs[i]`` for minibatch i (default: the engine's ``lr``); returns loss sum, count.
+        Dropout masks are drawn from a generator seeded by (seed, ``epoch``)."""
         self.model.train()
         xs_t, ys_t = self._tensor(xs), self._tensor(ys)
+        rates = np.full(len(xs), self.lr) if lrs is None else np.asarray(lrs, dtype=np.float64)
+        generator = torch.Generator(device=self.device).manual_seed(dropout_seed(self.seed, epoch))
         total = torch.zeros((), device=self.device)
         state = None
-        for X, Y in zip(xs_t, ys_t, strict=True):
+        for X, Y, lr in zip(xs_t, ys_t, rates.tolist(), strict=True):
             if state is None or sampling == "random":
                 state = self.model.begin_state(X.shape[0], self.device)
             else:
                 state = detach_state(state)  # keep the value, cut the graph (truncated BPTT)
-            loss, state = self.train_step(X, Y, state)
+            loss, state = self.train_step(X, Y, state, lr, generator)
             total += loss
         return float(total) * xs[0].size, xs.size
 
@@ -143,15 +181,46 @@ class Engine:
         return sum(p.numel() for p in self.params)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
-        return {k: v.cpu().numpy() for k, v in self.model.canonical_weights().items()}
+        return {k: np.array(v.cpu().numpy()) for k, v in self.model.canonical_weights().items()}
 
     def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None:
         self.model.load_canonical_weights({k: torch.as_tensor(v) for k, v in weights.items()})
 
     def save(self, path, metadata: dict[str, str] | None = None) -> None:
-        """Weights only, as safetensors (no pickle)."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(path), metadata=weights_metadata(metadata))
+        """The model file: canonical weights only (rnn/canonical.py)."""
+        write_weights(path, self.canonical_weights(), metadata)
 
     def load(self, path) -> None:
-        self.model.load_state_dict(load_file(str(path), device=str(self.device)))
+        self.load_canonical_weights(read_weights(path))
+
+    def save_checkpoint(self, path, metadata: dict[str, str], extra: dict[str, np.ndarray]) -> None:
+        """Everything a bit-identical resume needs: the model's own parameters (PyTorch's
+        names: the canonical ones sum the concise biases), the optimiser's state, and ``extra``
+        arrays (the best weights so far), as safetensors."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        for index, slots in self.optimizer.state_dict()["state"].items():
+            tensors.update({f"optimizer.{index}.{k}": v for k, v in slots.items()})
+        tensors.update(
+            {f"extra.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in extra.items()}
+        )
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(path), metadata=weights_metadata(metadata))
+
+    def load_checkpoint(self, path) -> dict[str, np.ndarray]:
+        """Restore what ``save_checkpoint`` wrote; returns its ``extra`` arrays."""
+        tensors = load_file(str(path), device=str(self.device))
+        part = _prefixed(tensors, "model.")
+        self.model.load_state_dict(part)
+        optimizer_state = self.optimizer.state_dict()
+        slots = _prefixed(tensors, "optimizer.")
+        state: dict[int, dict] = {}
+        for key, value in slots.items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value.cpu() if name == "step" else value
+        optimizer_state["state"] = state
+        self.optimizer.load_state_dict(optimizer_state)
+        return {k: v.cpu().numpy() for k, v in _prefixed(tensors, "extra.").items()}
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
