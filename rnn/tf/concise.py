@@ -72,6 +72,11 @@ class RNNModel(keras.layers.Layer):
             self.dense.bias,
         ]
 
+    @property
+    def weight_matrices(self) -> list[bool]:
+        """Per ordered variable: a weight matrix (not a bias; the GRU's bias is 2 x gates)."""
+        return [True, True, False] * len(self.rnns) + [True, False]
+
     def begin_state(self, batch_size: int, device: str | None = None) -> tuple[tf.Tensor, ...]:
         with tf.device(device):  # None: TensorFlow's placement, as the engine uses
             shape = (self.num_layers, batch_size, self.num_hiddens)

@@ -68,6 +68,11 @@ class RNNModelScratch(tf.Module):
     def ordered_variables(self) -> list[tf.Variable]:
         return [v for layer in self.layers for v in layer] + [self.W_hq, self.b_q]
 
+    @property
+    def weight_matrices(self) -> list[bool]:
+        """Per ordered variable: a weight matrix (not a bias)."""
+        return [len(v.shape) == 2 for v in self.ordered_variables]
+
     def begin_state(self, batch_size: int, device: str | None = None) -> tuple[tf.Tensor, ...]:
         with tf.device(device):  # None: TensorFlow's placement, as the engine uses
             shape = (self.num_layers, batch_size, self.num_hiddens)

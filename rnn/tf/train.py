@@ -90,9 +90,12 @@ class Optimizer:
     decoupled for adamw. Moments and the step count are variables, so they live in the graph
     and in checkpoints."""
 
-    def __init__(self, variables: list[tf.Variable], cfg: OptimizerConfig) -> None:
+    def __init__(
+        self, variables: list[tf.Variable], matrices: list[bool], cfg: OptimizerConfig
+    ) -> None:
+        """``matrices[i]``: whether ``variables[i]`` is a weight matrix (weight decay applies)."""
         self.cfg, self.variables = cfg, variables
-        self.decays = [len(v.shape) >= 2 and cfg.weight_decay > 0 for v in variables]
+        self.decays = [m and cfg.weight_decay > 0 for m in matrices]
         self.slots: list[tf.Variable] = []
         if cfg.name != "sgd":
             self.step = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="step")
@@ -156,7 +159,9 @@ class Engine:
                 dropout=dropout,
             )
             self.variables = self.model.ordered_variables
-            self.optimizer = Optimizer(self.variables, optimizer or OptimizerConfig())
+            self.optimizer = Optimizer(
+                self.variables, self.model.weight_matrices, optimizer or OptimizerConfig()
+            )
         self.jit = use_jit(variant)
         self.lr, self.theta, self.seed = lr, theta, seed
         self._epoch_fns: dict[bool, tf.types.experimental.GenericFunction] = {}

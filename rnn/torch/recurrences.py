@@ -72,7 +72,11 @@ class GRURecurrence(torch.autograd.Function):
         H' = Z * H + (1 - Z) * C.
     ``reset_after=True`` is PyTorch's and cuDNN's form, with the reset gate applied after the
     product and a recurrent bias ``b_hh`` inside it: C = tanh(xw_h + R * (H W_hh + b_hh)); the
-    tests use it to prove this code against nn.GRU."""
+    tests use it to prove this code against nn.GRU.
+
+    Every elementwise factor the backward pass needs is computed for all steps at once before
+    its loop, so a step there is two or three elementwise operations around its products (each
+    operation of PyTorch's eager mode costs a few microseconds however small its operands)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -85,24 +89,22 @@ class GRURecurrence(torch.autograd.Function):
         cand = xw.new_empty(steps, batch, hidden)  # C
         # reset before: R * H, the candidate product's input; reset after: H W_hh + b_hh
         inner = xw.new_empty(steps, batch, hidden)
+        xw_zr, xw_h = xw[..., : 2 * hidden].contiguous(), xw[..., 2 * hidden :].contiguous()
         if reset_after:
             times_w = right_multiplier(W_h, batch, steps)
             for t in range(steps):
                 g = times_w(hs[t], None)
-                torch.sigmoid(g[:, : 2 * hidden].add_(xw[t, :, : 2 * hidden]), out=gates[t])
+                torch.sigmoid(g[:, : 2 * hidden].add_(xw_zr[t]), out=gates[t])
                 torch.add(g[:, 2 * hidden :], b_hh, out=inner[t])
-                torch.tanh(
-                    torch.addcmul(xw[t, :, 2 * hidden :], gates[t, :, hidden:], inner[t]),
-                    out=cand[t],
-                )
+                torch.tanh(torch.addcmul(xw_h[t], gates[t, :, hidden:], inner[t]), out=cand[t])
                 _blend(hs[t], gates[t, :, :hidden], cand[t], out=hs[t + 1])
         else:
             times_zr = right_multiplier(W_h[:, : 2 * hidden].contiguous(), batch, steps)
             times_hh = right_multiplier(W_h[:, 2 * hidden :].contiguous(), batch, steps)
             for t in range(steps):
-                torch.sigmoid(times_zr(hs[t], xw[t, :, : 2 * hidden]), out=gates[t])
+                torch.sigmoid(times_zr(hs[t], xw_zr[t]), out=gates[t])
                 torch.mul(gates[t, :, hidden:], hs[t], out=inner[t])
-                torch.tanh(times_hh(inner[t], xw[t, :, 2 * hidden :]), out=cand[t])
+                torch.tanh(times_hh(inner[t], xw_h[t]), out=cand[t])
                 _blend(hs[t], gates[t, :, :hidden], cand[t], out=hs[t + 1])
         ctx.save_for_backward(hs, gates, cand, inner, W_h)
         ctx.reset_after = reset_after
@@ -113,8 +115,16 @@ class GRURecurrence(torch.autograd.Function):
         hs, gates, cand, inner, W_h = ctx.saved_tensors
         steps, batch, hidden = cand.shape
         grad_hs = grad_hs.contiguous()
-        grad_xw = cand.new_empty(steps, batch, 3 * hidden)  # pre-activation gradients
-        grad_inner = cand.new_empty(steps, batch, hidden) if ctx.reset_after else None
+        z, r, h_prev = gates[..., :hidden], gates[..., hidden:], hs[:-1]
+        # dL/dpre_z = dL/dH' (H - C) Z(1 - Z); dL/dpre_c = dL/dH' (1 - Z)(1 - C^2)
+        coef_z = (h_prev - cand).mul_(z).mul_(1 - z)
+        coef_c = (1 - z).mul_(1 - cand * cand)
+        # dL/dpre_r = (back through W_hh) * H R(1 - R) (reset before) or * inner R(1 - R)
+        coef_r = (inner if ctx.reset_after else h_prev) * r * (1 - r)
+        # each step's operand of a product must be contiguous: oneDNN re-plans a strided one
+        # on every call. reset after: [d_z, d_r, d_inner] goes back through all of W_h
+        back = cand.new_empty(steps, batch, (3 if ctx.reset_after else 2) * hidden)
+        grad_c = cand.new_empty(steps, batch, hidden)
         if ctx.reset_after:
             times_w_t = right_multiplier(W_h.t(), batch, steps)
         else:
@@ -122,35 +132,24 @@ class GRURecurrence(torch.autograd.Function):
             times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t().contiguous(), batch, steps)
         grad_h = grad_hs[steps - 1]
         for t in range(steps - 1, -1, -1):
-            z, r, c, h_prev = gates[t, :, :hidden], gates[t, :, hidden:], cand[t], hs[t]
-            d_z, d_r, d_c = (grad_xw[t, :, i * hidden : (i + 1) * hidden] for i in range(3))
-            # H' = Z * H + (1 - Z) * C
-            torch.mul(grad_h, h_prev - c, out=d_z).mul_(z * (1 - z))
-            torch.mul(grad_h, 1 - z, out=d_c).mul_(1 - c * c)
+            torch.mul(grad_h, coef_z[t], out=back[t, :, :hidden])
+            torch.mul(grad_h, coef_c[t], out=grad_c[t])
+            later = grad_hs[t - 1] if t > 0 else None
             if ctx.reset_after:  # C = tanh(xw_h + R * inner), inner = H W_hh + b_hh
-                torch.mul(d_c, inner[t], out=d_r).mul_(r * (1 - r))
-                torch.mul(d_c, r, out=grad_inner[t])
-                back = torch.cat([d_z, d_r, grad_inner[t]], 1)
-                prev = times_w_t(back, None).addcmul_(grad_h, z)
+                torch.mul(grad_c[t], coef_r[t], out=back[t, :, hidden : 2 * hidden])
+                torch.mul(grad_c[t], r[t], out=back[t, :, 2 * hidden :])
+                grad_h = times_w_t(back[t], later).addcmul_(grad_h, z[t])
             else:  # C = tanh(xw_h + (R * H) W_hh)
-                d_rh = times_hh_t(d_c, None)
-                torch.mul(d_rh, h_prev, out=d_r).mul_(r * (1 - r))
-                prev = times_zr_t(grad_xw[t, :, : 2 * hidden], None)
-                prev.addcmul_(grad_h, z).addcmul_(d_rh, r)
-            grad_h = prev + grad_hs[t - 1] if t > 0 else prev
-        h_prevs = hs[:-1]
+                d_rh = times_hh_t(grad_c[t], None)
+                torch.mul(d_rh, coef_r[t], out=back[t, :, hidden:])
+                prev = times_zr_t(back[t], later)
+                grad_h = prev.addcmul_(grad_h, z[t]).addcmul_(d_rh, r[t])
+        grad_xw = torch.cat([back[..., : 2 * hidden], grad_c], 2)
         if ctx.reset_after:
-            back = torch.cat([grad_xw[:, :, : 2 * hidden], grad_inner], 2)
-            grad_w = _weight_grad(h_prevs, back)
-            grad_b_hh = grad_inner.reshape(-1, hidden).sum(0)
+            grad_w = _weight_grad(h_prev, back)
+            grad_b_hh = back[..., 2 * hidden :].sum((0, 1))
         else:
-            grad_w = torch.cat(
-                [
-                    _weight_grad(h_prevs, grad_xw[:, :, : 2 * hidden]),
-                    _weight_grad(inner, grad_xw[:, :, 2 * hidden :]),
-                ],
-                1,
-            )
+            grad_w = torch.cat([_weight_grad(h_prev, back), _weight_grad(inner, grad_c)], 1)
             grad_b_hh = None
         return grad_xw, grad_h, grad_w, grad_b_hh, None
 
@@ -164,7 +163,8 @@ class LSTMRecurrence(torch.autograd.Function):
     """The book's LSTM, gates i, f, o and candidate c:
         I, F, O = sig(xw_{i,f,o} + H W_h{i,f,o}), C~ = tanh(xw_c + H W_hc),
         C' = F * C + I * C~, H' = O * tanh(C').
-    Returns every H and the last memory cell C."""
+    Returns every H and the last memory cell C. As in GRURecurrence, the backward pass computes
+    its elementwise factors for all steps before its loop."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -178,12 +178,11 @@ class LSTMRecurrence(torch.autograd.Function):
         tanh_c = xw.new_empty(steps, batch, hidden)
         times_w = right_multiplier(W_h, batch, steps)
         for t in range(steps):
-            g = gates[t]
-            g.copy_(times_w(hs[t], xw[t]))
-            g[:, : 3 * hidden].sigmoid_()
-            g[:, 3 * hidden :].tanh_()
-            i, f, o, c_new = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
-            torch.addcmul(f * cs[t], i, c_new, out=cs[t + 1])
+            pre = times_w(hs[t], xw[t])
+            torch.sigmoid(pre[:, : 3 * hidden], out=gates[t, :, : 3 * hidden])
+            torch.tanh(pre[:, 3 * hidden :], out=gates[t, :, 3 * hidden :])
+            i, f, o, c_new = (gates[t, :, k * hidden : (k + 1) * hidden] for k in range(4))
+            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, c_new)
             torch.tanh(cs[t + 1], out=tanh_c[t])
             torch.mul(o, tanh_c[t], out=hs[t + 1])
         ctx.save_for_backward(hs, cs, gates, tanh_c, W_h)
@@ -194,21 +193,23 @@ class LSTMRecurrence(torch.autograd.Function):
         hs, cs, gates, tanh_c, W_h = ctx.saved_tensors
         steps, batch, hidden = tanh_c.shape
         grad_hs = grad_hs.contiguous()
+        i, f, o, c_new = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
+        coef_o = tanh_c * o * (1 - o)  # dL/dpre_o = dL/dH' tanh(C') O(1 - O)
+        coef_hc = o * (1 - tanh_c * tanh_c)  # dL/dC' += dL/dH' O(1 - tanh(C')^2)
+        # dL/dpre_i = dL/dC' C~ I(1 - I), dL/dpre_f = dL/dC' C F(1 - F), side by side
+        coef_if = torch.stack([c_new * i * (1 - i), cs[:-1] * f * (1 - f)], 2)
+        coef_cc = i * (1 - c_new * c_new)  # dL/dpre_c = dL/dC' I(1 - C~^2)
         grad_xw = gates.new_empty(steps, batch, 4 * hidden)
+        grad_if = grad_xw[..., : 2 * hidden].view(steps, batch, 2, hidden)
         times_w_t = right_multiplier(W_h.t(), batch, steps)
         grad_h, grad_c = grad_hs[steps - 1], grad_c_last.clone()
         for t in range(steps - 1, -1, -1):
-            g, d = gates[t], grad_xw[t]
-            i, f, o, c_new = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
-            d_i, d_f, d_o, d_c = (d[:, k * hidden : (k + 1) * hidden] for k in range(4))
-            torch.mul(grad_h, tanh_c[t], out=d_o).mul_(o * (1 - o))
-            grad_c.addcmul_(grad_h * o, 1 - tanh_c[t] * tanh_c[t])
-            torch.mul(grad_c, c_new, out=d_i).mul_(i * (1 - i))
-            torch.mul(grad_c, cs[t], out=d_f).mul_(f * (1 - f))
-            torch.mul(grad_c, i, out=d_c).mul_(1 - c_new * c_new)
-            grad_c.mul_(f)
-            prev = times_w_t(d, None)
-            grad_h = prev + grad_hs[t - 1] if t > 0 else prev
+            grad_c.addcmul_(grad_h, coef_hc[t])
+            torch.mul(grad_h, coef_o[t], out=grad_xw[t, :, 2 * hidden : 3 * hidden])
+            torch.mul(grad_c.unsqueeze(1), coef_if[t], out=grad_if[t])
+            torch.mul(grad_c, coef_cc[t], out=grad_xw[t, :, 3 * hidden :])
+            grad_c.mul_(f[t])
+            grad_h = times_w_t(grad_xw[t], grad_hs[t - 1] if t > 0 else None)
         return grad_xw, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
 
 
