@@ -92,6 +92,6 @@ def test_both_frameworks_take_the_same_steps(optimizer, schedule):
             np.testing.assert_allclose(torch_w[name], tf_w[name], atol=2e-5, err_msg=name)
         history.append({"epoch": epoch + 1, "valid/perplexity": 10.0 + epoch})  # worse each time
     if schedule == "plateau":
-        assert plateau_scale(history, cfg.schedule) == 0.125
+        assert plateau_scale(history, cfg.schedule) == 0.25  # reduced after epochs 2 and 3
     moved = engines["torch"].canonical_weights()
     assert all(not np.array_equal(moved[k], weights[k]) for k in weights)
