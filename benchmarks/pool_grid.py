@@ -63,6 +63,24 @@ def pool(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def training_line(client, child, log_filter, wait_s: float = 60.0) -> str:
+    """The run's "trained: ..." log line; logs reach the server in batches, so it may arrive
+    after the run is Completed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        from prefect.client.schemas.sorting import LogSort
+
+        # newest first: a run logs a line per epoch, more than one page
+        logs = client.read_logs(log_filter=log_filter, limit=50, sort=LogSort.TIMESTAMP_DESC)
+        found = [m.message for m in logs if " trained: resumed" in m.message]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            lines = " | ".join(m.message for m in logs[:5])
+            raise SystemExit(f"{child.name}: no 'trained' log line; last lines: {lines}")
+        time.sleep(2)
+
+
 def measure(api_url: str, seed: int) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -83,10 +101,9 @@ def measure(api_url: str, seed: int) -> dict:
         children = [r for r in c.read_flow_runs() if r.name.startswith(f"{run.name}-")]
         per_run = []
         for child in children:
-            logs = c.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[child.id]))
+            trained = training_line(
+                c, child, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[child.id]))
             )
-            trained = next(m.message for m in logs if " trained: resumed" in m.message)
             train_s = float(trained.rsplit(" in ", 1)[1].split()[0])
             duration = (child.end_time - child.start_time).total_seconds()
             per_run.append(

@@ -42,14 +42,15 @@ TRAINING_LIMIT = "rnn-training"  # the global concurrency limit: training slots 
 SLOT_LEASE_S = 60  # a dead holder's slot frees itself after this long
 
 
-def training_slot(on_pool: bool):
-    """One slot of the pool's training limit (strict: a missing limit is an error, not a
-    warning); a run outside a deployment (tests, a laptop) takes none."""
+def training_slot(on_pool: bool, processes: int = 1):
+    """A slot of the pool's training limit per process the training starts (train.data_parallel;
+    strict: a missing limit is an error, not a warning); a run outside a deployment (tests, a
+    laptop) takes none."""
     if not on_pool:
         return nullcontext()
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(TRAINING_LIMIT, occupy=1, strict=True, lease_duration=SLOT_LEASE_S)
+    return concurrency(TRAINING_LIMIT, occupy=processes, strict=True, lease_duration=SLOT_LEASE_S)
 
 
 def check_out(root: Path, sha: str) -> None:
@@ -109,7 +110,8 @@ def _train_variant(ws, backend, variant, model, params, params_file, code) -> di
     run_data_stages(plan, ws, pdict)
     train_stage, eval_stage = names["train"][0], names["evaluate"][0]
     reuse = plan.reuse(train_stage)
-    with training_slot(on_pool=deployment.id is not None and not reuse):
+    on_pool = deployment.id is not None and not reuse
+    with training_slot(on_pool, processes=run_params.train.data_parallel):
         trained = with_outputs(train_task, ws.model(run), stale=plan.needs_work(train_stage))(
             root, pdict, backend, variant, model, share_checkpoints=shared, reuse=reuse
         )

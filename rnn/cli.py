@@ -160,10 +160,22 @@ def train(
     epoch_budget: Annotated[
         int | None, typer.Option(help="stop after this many epochs; resume later")
     ] = None,
+    events: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Train one backend x variant x model (resuming from its latest checkpoint if there is one)."""
+    """Train one backend x variant x model (resuming from its latest checkpoint if there is one).
+    With train.data_parallel N it starts N processes; started by torchrun (or with TF_CONFIG)
+    it trains as one rank of that world."""
+    from rnn.distributed import inside_launch
+
     ws, cfg = open_workspace(workdir, params)
     run = run_key(cfg, backend, variant, model)
+    if inside_launch():
+        from rnn.launch import train_as_rank
+
+        summary = train_as_rank(ws, cfg, run, epoch_budget, events)
+        if summary is not None:
+            echo_summary(summary)
+        return
     with writing(ws, f"train {run.name}"):
         echo_summary(stages.train_stage(ws, cfg, run, epoch_budget=epoch_budget))
 

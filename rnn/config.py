@@ -166,6 +166,10 @@ class TrainConfig(StrictModel):
     # rnn/engine.py resolve_threads), so it is in neither the run's fingerprint nor dvc.yaml.
     # null: every core this process may use, or RNN_THREADS where the pool sets a slot's share.
     threads: Annotated[int, Field(ge=1)] | None = None
+    # Processes that train one model data-parallel, each on its block of every minibatch's rows
+    # (rnn/distributed.py): torchrun for PyTorch, tf.distribute for TensorFlow; 1 = one process.
+    # The maths is the global batch's, but sums round in another order, so dvc.yaml lists it.
+    data_parallel: PositiveInt = 1
 
     @property
     def uses_validation(self) -> bool:
@@ -199,6 +203,12 @@ class Params(StrictModel):
             raise ValueError(
                 f"train.models names {', '.join(unknown)}, which the models section does not "
                 f"define (it has {', '.join(self.models) or 'none'})"
+            )
+        if self.partition.batch_size % self.train.data_parallel:
+            raise ValueError(
+                f"partition.batch_size={self.partition.batch_size} does not split into "
+                f"train.data_parallel={self.train.data_parallel} equal blocks of rows: make it "
+                "a multiple"
             )
         if self.train.uses_validation and self.partition.valid == 0:
             raise ValueError(

@@ -65,9 +65,13 @@ def make_engine(
     device: str = "cpu",
     seed: int = 0,
     threads: int | None = None,
+    world=None,
 ):
     """An engine of ``backend`` for one model; ``optimizer`` is an ``OptimizerConfig`` (default:
-    the book's SGD) and ``lr`` the rate an epoch trains at when it is given no schedule."""
+    the book's SGD) and ``lr`` the rate an epoch trains at when it is given no schedule; ``world``
+    this process's place in a data-parallel run (rnn/distributed.py; default: the only one)."""
+    from rnn.distributed import SINGLE
+
     if variant not in IMPLEMENTATIONS:
         raise PipelineError(
             f"unknown variant {variant!r}", f"choose one of {', '.join(IMPLEMENTATIONS)}"
@@ -88,10 +92,11 @@ def make_engine(
         device=device,
         seed=seed,
         threads=resolve_threads(threads),
+        world=world or SINGLE,
     )
 
 
-def engine_for(params, backend: str, variant: str, model: str, vocab_size: int):
+def engine_for(params, backend: str, variant: str, model: str, vocab_size: int, world=None):
     """The engine a run of the grid trains: its model from ``params.models``, its optimiser,
     clipping, device, seed and threads from ``params.train``."""
     arch, tcfg = params.model(model), params.train
@@ -109,4 +114,5 @@ def engine_for(params, backend: str, variant: str, model: str, vocab_size: int):
         device=tcfg.device,
         seed=tcfg.seed,
         threads=tcfg.threads,
+        world=world,
     )

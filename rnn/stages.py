@@ -36,11 +36,18 @@ def partition_stage(ws: Workspace, params: Params):
     return partition(ws.vocab, params.partition, ws.partition)
 
 
-def train_stage(ws: Workspace, params: Params, run: RunKey, **options):
+def train_stage(ws: Workspace, params: Params, run: RunKey, world=None, **options):
     """``options``: ``epoch_budget``, ``progress``, ``on_epoch``, ``checkpoint_sync`` (see
-    ``rnn.train.train_model``)."""
+    ``rnn.train.train_model``). With ``train.data_parallel`` above 1 it launches that many
+    processes (rnn/launch.py), unless it runs in one of them (``world``: its rank)."""
     from rnn.train import train_model
 
+    if world is None and params.train.data_parallel > 1:
+        from rnn.launch import train_data_parallel
+
+        return train_data_parallel(ws, params, run, **options)
+    if world is not None:
+        options["world"] = world
     return train_model(
         run,
         params,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Protocol
 
 from rnn.atomic import atomic_dir, atomic_path
 from rnn.config import Params
+from rnn.distributed import SINGLE, World
 from rnn.engine import engine_for
 from rnn.partition import epoch_minibatches, evaluation_minibatches, load_split, min_tokens
 from rnn.progress import epoch_progress
@@ -94,6 +96,21 @@ def _load_checkpoint(engine, ckpt_dir: Path, run_fp: str) -> tuple[list[dict], d
     return saved["history"], best
 
 
+def _resume(engine, ckpt_dir: Path, run_fp: str, world: World) -> tuple[list[dict], dict]:
+    """``_load_checkpoint`` on rank 0's files, on every rank: ranks on other machines have no
+    checkpoint of their own, and all must resume from the same epoch."""
+    if world.size == 1:
+        return _load_checkpoint(engine, ckpt_dir, run_fp)
+    with tempfile.TemporaryDirectory(prefix="rnn-resume-") as tmp:
+        for name in (HISTORY, CHECKPOINT):
+            path = ckpt_dir / name
+            mine = path.read_bytes() if world.is_root and path.is_file() else b""
+            data = world.broadcast_bytes(mine if world.is_root else None)
+            if data:
+                (Path(tmp) / name).write_bytes(data)
+        return _load_checkpoint(engine, Path(tmp), run_fp)
+
+
 def _save_checkpoint(
     engine,
     ckpt_dir: Path,
@@ -146,40 +163,33 @@ def train_model(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     checkpoint_sync: CheckpointSync | None = None,
+    world: World = SINGLE,
 ) -> TrainSummary:
     """Train (or resume) one run. ``epoch_budget`` stops early after that many epochs this call,
     leaving a checkpoint to resume from (time-boxed scheduled training, and the resume tests).
     ``on_epoch`` sees every finished epoch (log lines, progress artifacts); ``checkpoint_sync``
-    shares checkpoints beyond this workspace."""
+    shares checkpoints beyond this workspace; ``world``: this process's rank in a data-parallel
+    run (rnn/distributed.py), where rank 0 does every write."""
     tcfg, pcfg, arch = params.train, params.partition, params.model(run.model)
     name = run.name
     model_dir, metrics_dir, ckpt_dir = Path(model_dir), Path(metrics_dir), Path(checkpoint_dir)
     vocab = Vocab.load(vocab_dir)
     train_ids = load_split(partition_dir, "train")
     valid_ids = load_split(partition_dir, "valid")
-    data_hashes = {
-        "vocab_sha256": file_sha256(Path(vocab_dir) / VOCAB_FILE),
-        "train_sha256": file_sha256(Path(partition_dir) / "train.npy"),
-        "valid_sha256": file_sha256(Path(partition_dir) / "valid.npy"),
-    }
-    trained_with = {
-        "partition": pcfg.model_dump(),
-        # threads changes only the speed (rnn/engine.py resolve_threads), so it is not recorded
-        "train": tcfg.model_dump(exclude={"backends", "variants", "models", "threads"}),
-        "model": arch.model_dump(),
-    }
-    versions = library_versions(run.backend, engine_version(run.backend))
-    run_fp = fingerprint({"run": name, **trained_with, **data_hashes, "versions": versions})
-    engine = engine_for(params, run.backend, run.variant, run.model, len(vocab))
-    if checkpoint_sync is not None:
+    ident = run_identity(run, params, partition_dir, vocab_dir)
+    run_fp = ident.fingerprint
+    engine = engine_for(params, run.backend, run.variant, run.model, len(vocab), world)
+    writes = world.is_root  # under data parallelism only rank 0 writes
+    if checkpoint_sync is not None and writes:
         checkpoint_sync.fetch(run_fp, ckpt_dir)
-    history, best = _load_checkpoint(engine, ckpt_dir, run_fp)
+    history, best = _resume(engine, ckpt_dir, run_fp, world)
     resumed_from = len(history)
     last = tcfg.epochs if epoch_budget is None else min(tcfg.epochs, resumed_from + epoch_budget)
     has_valid = len(valid_ids) >= min_tokens(1, pcfg.num_steps)
     stopped = should_stop(history, tcfg.early_stop_patience)
     started = time.perf_counter()
-    with epoch_progress(f"{name}", tcfg.epochs, resumed_from, enabled=progress) as advance:
+    shown = progress and writes
+    with epoch_progress(f"{name}", tcfg.epochs, resumed_from, enabled=shown) as advance:
         for epoch in range(resumed_from, last):
             if stopped:
                 break
@@ -208,16 +218,19 @@ def train_model(
                 best = engine.canonical_weights()
             stopped = should_stop(history, tcfg.early_stop_patience)
             advance(row)
-            if on_epoch is not None:
+            if on_epoch is not None and writes:
                 on_epoch(name, row, tcfg.epochs)
             if (
-                tcfg.checkpoint_every
+                writes
+                and tcfg.checkpoint_every
                 and (epoch + 1) % tcfg.checkpoint_every == 0
                 and epoch + 1 < tcfg.epochs
                 and not stopped
             ):
                 _save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
     wall = time.perf_counter() - started
+    if not writes:
+        return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
     if len(history) < tcfg.epochs and not stopped:  # budget spent: keep the checkpoint
         _save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
         return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
@@ -240,12 +253,13 @@ def train_model(
         "params": {
             "ingest": params.ingest.model_dump(include=set(DATA_INGEST_KEYS)),
             "vocab": params.vocab.model_dump(),
-            **trained_with,
+            **ident.trained_with,
         },
-        **data_hashes,
+        **ident.data_hashes,
         "token_type": vocab.token_type,
-        "versions": versions,
+        "versions": ident.versions,
         "device": tcfg.device,
+        "data_parallel": {"world_size": world.size, "comm": world.comm},
         "epochs": len(history),
         "weights_epoch": final["epoch"],
         "best_epoch": best_epoch(history),
@@ -263,6 +277,40 @@ def train_model(
     with atomic_dir(metrics_dir) as tmp:
         _log_metrics(tmp, history)
     return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What decides a run's maths: its fingerprint keys checkpoints (a resume only continues
+    the same maths) and the shared checkpoint store."""
+
+    trained_with: dict
+    data_hashes: dict
+    versions: dict
+    fingerprint: str
+
+
+def run_identity(
+    run: RunKey, params: Params, partition_dir: str | Path, vocab_dir: str | Path
+) -> RunIdentity:
+    tcfg = params.train
+    trained_with = {
+        "partition": params.partition.model_dump(),
+        # threads changes only the speed (rnn/engine.py resolve_threads); data parallelism runs
+        # the same maths, rounded in another order (rnn/distributed.py): neither is recorded here
+        "train": tcfg.model_dump(
+            exclude={"backends", "variants", "models", "threads", "data_parallel"}
+        ),
+        "model": params.model(run.model).model_dump(),
+    }
+    data_hashes = {
+        "vocab_sha256": file_sha256(Path(vocab_dir) / VOCAB_FILE),
+        "train_sha256": file_sha256(Path(partition_dir) / "train.npy"),
+        "valid_sha256": file_sha256(Path(partition_dir) / "valid.npy"),
+    }
+    versions = library_versions(run.backend, engine_version(run.backend))
+    run_fp = fingerprint({"run": run.name, **trained_with, **data_hashes, "versions": versions})
+    return RunIdentity(trained_with, data_hashes, versions, run_fp)
 
 
 def engine_version(backend: str) -> str:

@@ -199,6 +199,29 @@ def test_every_cell_through_dvc_repro_and_the_flow(harness, repo):
     assert "lstm, 2 x 8" in (repo / "reports/report.md").read_text()
 
 
+def test_data_parallel_through_dvc_repro_and_the_flow(harness, repo):
+    """train.data_parallel: 2: `dvc repro`'s train stages and the flow's train tasks each launch
+    two torchrun ranks; the records say so, and `dvc repro` after the flow has nothing to do."""
+    params = tiny_params()
+    params["train"].update(backends=["torch"], data_parallel=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc", "repro", cwd=repo)
+    runs = ["torch-scratch-rnn", "torch-concise-rnn"]
+
+    def records() -> list[dict]:
+        return [json.loads((repo / "data/models" / r / "run.json").read_text()) for r in runs]
+
+    assert all(r["data_parallel"] == {"world_size": 2, "comm": "gloo"} for r in records())
+    params["train"]["lr"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_flow(repo, harness)
+    assert all(
+        r["params"]["train"]["lr"] == 0.5 and r["data_parallel"]["world_size"] == 2
+        for r in records()
+    )
+    assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
+
+
 def test_dvc_metrics_plots_experiments_and_remote(repo):
     sh("dvc", "repro", cwd=repo)
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)

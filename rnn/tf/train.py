@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from rnn.config import OptimizerConfig
+from rnn.distributed import SINGLE, World
 from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
@@ -38,6 +39,13 @@ def use_jit(variant: str) -> bool:
 
 def framework_version() -> str:
     return tf.__version__
+
+
+def join_world(device: str) -> World:
+    raise PipelineError(
+        "data-parallel training is not available for TensorFlow yet",
+        "set train.data_parallel: 1 for the tf backend",
+    )
 
 
 def resolve_device(name: str) -> str:
@@ -142,7 +150,13 @@ class Engine:
         device: str = "cpu",
         seed: int = 0,
         threads: int | None = None,
+        world: World = SINGLE,
     ) -> None:
+        if world.size > 1:
+            raise PipelineError(
+                "data-parallel training is not available for TensorFlow yet",
+                "set train.data_parallel: 1 for the tf backend",
+            )
         if threads:
             set_threads(threads)
         self.device = resolve_device(device)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from rnn.canonical import GRU_RECURRENT_BIAS
 from rnn.registry import CELLS
-from rnn.torch.scratch import dropout
+from rnn.torch.scratch import DropoutMasks, dropout
 
 _INIT_LOCK = threading.Lock()
 LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -60,7 +60,7 @@ class RNNModel(nn.Module):
         return tuple(torch.zeros(shape, device=device) for _ in CELLS[self.cell].states)
 
     def forward(
-        self, X: Tensor, state: tuple[Tensor, ...], generator: torch.Generator | None = None
+        self, X: Tensor, state: tuple[Tensor, ...], masks: DropoutMasks | None = None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         Y = self.eye[X.T]  # == one_hot(X.T).float(), time-major (steps, batch, vocab)
         finals: list[list[Tensor]] = [[] for _ in state]
@@ -69,7 +69,7 @@ class RNNModel(nn.Module):
             Y, new = rnn(Y, layer_state if self.cell == "lstm" else layer_state[0])
             for kept, s in zip(finals, new if self.cell == "lstm" else (new,), strict=True):
                 kept.append(s[0])
-            Y = dropout(Y, self.dropout, generator)
+            Y = dropout(Y, self.dropout, masks)
         logits = self.linear(Y.reshape(-1, self.num_hiddens))
         return logits, tuple(torch.stack(s) for s in finals)
 

@@ -35,13 +35,27 @@ def normal(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator) * 0.01
 
 
-def dropout(x: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
-    """Inverted dropout with masks from ``generator`` (seeded per epoch by the engine), so a
-    resumed run draws the masks an uninterrupted one would."""
-    if p == 0 or generator is None:
+class DropoutMasks:
+    """Dropout masks from ``generator`` (seeded per epoch by the engine, so a resumed run draws
+    the masks an uninterrupted one would), drawn for the global batch and cut to this rank's
+    block of rows, so data parallelism drops what one process would."""
+
+    def __init__(self, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> None:
+        self.generator, self.rank, self.world_size = generator, rank, world_size
+
+    def keep(self, x: Tensor, p: float) -> Tensor:
+        """A 0/1 mask for ``x`` (steps, rows, units): this rank's rows of the global one."""
+        steps, rows, units = x.shape
+        shape = (steps, rows * self.world_size, units)
+        full = torch.rand(shape, generator=self.generator, device=x.device) >= p
+        return full[:, self.rank * rows : (self.rank + 1) * rows]
+
+
+def dropout(x: Tensor, p: float, masks: DropoutMasks | None) -> Tensor:
+    """Inverted dropout (none without masks: evaluation)."""
+    if p == 0 or masks is None:
         return x
-    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
-    return x * keep.to(x.dtype) / (1 - p)
+    return x * masks.keep(x, p).to(x.dtype) / (1 - p)
 
 
 class RNNModelScratch(nn.Module):
@@ -86,17 +100,17 @@ class RNNModelScratch(nn.Module):
         return tuple(torch.zeros(shape, device=device) for _ in CELLS[self.cell].states)
 
     def forward(
-        self, X: Tensor, state: tuple[Tensor, ...], generator: torch.Generator | None = None
+        self, X: Tensor, state: tuple[Tensor, ...], masks: DropoutMasks | None = None
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state. Dropout
-        masks come from ``generator`` (none: no dropout, as in evaluation)."""
+        masks come from ``masks`` (none: no dropout, as in evaluation)."""
         ids, below = X.T, None
         finals: list[list[Tensor]] = [[] for _ in state]
         for k in range(self.num_layers):
             outputs, last = self._layer_forward(k, ids, below, [s[k] for s in state])
             for kept, s in zip(finals, last, strict=True):
                 kept.append(s)
-            below = dropout(outputs, self.dropout, generator)
+            below = dropout(outputs, self.dropout, masks)
         logits = torch.addmm(self.b_q, below.reshape(-1, self.num_hiddens), self.W_hq)
         return logits, tuple(torch.stack(s) for s in finals)
 

@@ -15,13 +15,14 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from rnn.config import OptimizerConfig
+from rnn.distributed import SINGLE, World, shard_rows
 from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
 from rnn.record import read_weights, weights_metadata, write_weights
 from rnn.sampling import generate
 from rnn.torch.concise import RNNModel
-from rnn.torch.scratch import RNNModelScratch
+from rnn.torch.scratch import DropoutMasks, RNNModelScratch
 
 MODELS = {"scratch": RNNModelScratch, "concise": RNNModel}
 FRAMEWORK = "torch"
@@ -29,6 +30,12 @@ FRAMEWORK = "torch"
 
 def framework_version() -> str:
     return torch.__version__
+
+
+def join_world(device: str):
+    from rnn.torch.distributed import join_world as join
+
+    return join(device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,6 +84,17 @@ def clip_gradients(params: list[torch.nn.Parameter], theta: float) -> None:
     torch._foreach_mul_(grads, torch.clamp(theta / norm, max=1.0))
 
 
+def synchronize_gradients(params: list[torch.nn.Parameter], theta: float | None) -> None:
+    """Data parallelism: sum the ranks' gradients (each rank's loss is its share of the global
+    mean, so the sum is the global batch's gradient), then clip it as one process would.
+    Clipping each rank's share first would scale each by its own norm: other maths."""
+    from rnn.torch.distributed import all_reduce_gradients
+
+    all_reduce_gradients(params)
+    if theta is not None:
+        clip_gradients(params, theta)
+
+
 class Engine:
     def __init__(
         self,
@@ -93,10 +111,12 @@ class Engine:
         device: str = "cpu",
         seed: int = 0,
         threads: int | None = None,
+        world: World = SINGLE,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
+        self.world = world
         if self.device.type == "cpu":
             keep_freed_memory()
         self.model = MODELS[variant](
@@ -109,12 +129,16 @@ class Engine:
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
 
-    def train_step(self, X: torch.Tensor, Y: torch.Tensor, state, lr: float, generator=None):
-        logits, state = self.model(X, state, generator)
-        loss = F.cross_entropy(logits, time_major_labels(Y))
+    def train_step(self, X: torch.Tensor, Y: torch.Tensor, state, lr: float, masks=None):
+        """One update; under data parallelism ``X`` holds this rank's rows and the returned loss
+        is its share of the global batch's mean."""
+        logits, state = self.model(X, state, masks)
+        loss = F.cross_entropy(logits, time_major_labels(Y)) / self.world.size
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.theta is not None:
+        if self.world.size > 1:
+            synchronize_gradients(self.params, self.theta)
+        elif self.theta is not None:
             clip_gradients(self.params, self.theta)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -131,11 +155,15 @@ class Engine:
     ) -> tuple[float, int]:
         """One pass over an epoch's minibatches (num_batches, batch, steps) at the learning rate
         ``lrs[i]`` for minibatch i (default: the engine's ``lr``); returns loss sum, count.
-        Dropout masks are drawn from a generator seeded by (seed, ``epoch``)."""
+        Dropout masks are drawn from a generator seeded by (seed, ``epoch``). Under data
+        parallelism ``xs`` and ``ys`` are the global minibatches: this rank trains its rows."""
         self.model.train()
+        count, per_batch = xs.size, xs[0].size
+        xs, ys = shard_rows(xs, self.world), shard_rows(ys, self.world)
         xs_t, ys_t = self._tensor(xs), self._tensor(ys)
         rates = np.full(len(xs), self.lr) if lrs is None else np.asarray(lrs, dtype=np.float64)
         generator = torch.Generator(device=self.device).manual_seed(dropout_seed(self.seed, epoch))
+        masks = DropoutMasks(generator, self.world.rank, self.world.size)
         total = torch.zeros((), device=self.device)
         state = None
         for X, Y, lr in zip(xs_t, ys_t, rates.tolist(), strict=True):
@@ -143,9 +171,9 @@ class Engine:
                 state = self.model.begin_state(X.shape[0], self.device)
             else:
                 state = detach_state(state)  # keep the value, cut the graph (truncated BPTT)
-            loss, state = self.train_step(X, Y, state, lr, generator)
+            loss, state = self.train_step(X, Y, state, lr, masks)
             total += loss
-        return float(total) * xs[0].size, xs.size
+        return self.world.all_reduce_sum(float(total)) * per_batch, count
 
     @torch.no_grad()
     def evaluate(self, xs: np.ndarray, ys: np.ndarray) -> tuple[float, int]:

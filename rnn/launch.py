@@ -1,0 +1,288 @@
+"""Start a data-parallel training from the pipeline, and run one rank of it.
+
+``train.data_parallel: N`` makes the train stage (the CLI that ``dvc.yaml`` calls, and the
+Prefect task) launch N processes with the framework's own launcher: ``torchrun --standalone``
+for PyTorch (``python -m torch.distributed.run``, so the project's interpreter runs it), and N
+``rnn train`` processes with a ``TF_CONFIG`` each for TensorFlow's MultiWorkerMirroredStrategy.
+Every rank runs ``rnn train`` (``train_as_rank``); rank 0 writes the outputs and reports each
+epoch, each checkpoint and its summary as JSON lines in an events file, which the launcher turns
+into the caller's progress lines, checkpoint pushes and return value. The launcher holds the
+workspace lock for its ranks, and they die with it (``PR_SET_PDEATHSIG``), so a killed stage
+leaves no orphan training behind.
+
+Across machines, start the ranks yourself: ``torchrun --nnodes M --nproc-per-node K
+--rdzv-backend c10d --rdzv-endpoint HOST:PORT -m rnn.cli train ...`` on each (README, "Scaling
+out"); ``rnn train`` inside a launched world trains as its rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from rnn.distributed import LAUNCHER_ENV, World, launched_world_size
+from rnn.engine import THREADS_ENV, backend_module, resolve_threads
+from rnn.errors import PipelineError
+from rnn.registry import RunKey
+from rnn.workspace import Workspace
+
+POLL_S = 0.5
+PR_SET_PDEATHSIG = 1
+
+
+class EventRelay:
+    """Rank 0's side: epochs, checkpoints and the summary as JSON lines for the launcher. It
+    stands in for the launcher's ``on_epoch`` and ``CheckpointSync`` (rnn/train.py)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _emit(self, event: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(event) + "\n")
+
+    def __call__(self, run: str, row: dict, total: int) -> None:
+        self._emit({"kind": "epoch", "run": run, "row": row, "total": total})
+
+    def fetch(self, key: str, ckpt_dir: Path) -> None:
+        """The launcher fetched before it started the ranks."""
+
+    def push(self, key: str, ckpt_dir: Path) -> None:
+        self._emit({"kind": "checkpoint", "key": key})
+
+    def summary(self, summary) -> None:
+        from dataclasses import asdict
+
+        self._emit({"kind": "summary", "summary": asdict(summary)})
+
+
+class EventReader:
+    """The launcher's side: hands each new event to the caller's hooks."""
+
+    def __init__(self, path: Path, ckpt_dir: Path, on_epoch, checkpoint_sync) -> None:
+        self.path, self.ckpt_dir = path, ckpt_dir
+        self.on_epoch, self.checkpoint_sync = on_epoch, checkpoint_sync
+        self.offset = 0
+        self.summary: dict | None = None
+
+    def drain(self) -> None:
+        with self.path.open("rb") as src:
+            src.seek(self.offset)
+            data = src.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+        self.offset += len(complete)
+        for line in complete.decode("utf-8").splitlines():
+            event = json.loads(line)
+            if event["kind"] == "epoch" and self.on_epoch is not None:
+                self.on_epoch(event["run"], event["row"], event["total"])
+            elif event["kind"] == "checkpoint" and self.checkpoint_sync is not None:
+                self.checkpoint_sync.push(event["key"], self.ckpt_dir)
+            elif event["kind"] == "summary":
+                self.summary = event["summary"]
+
+
+def rank_threads(params, size: int) -> int:
+    """Each rank's threads: on the pool ($RNN_THREADS, a slot's share) a training holds one slot
+    per rank (flows/train.py), so each rank gets a slot's threads; otherwise the ranks split the
+    cores the run may use (train.threads, else all)."""
+    if params.train.threads is None and os.environ.get(THREADS_ENV, "").strip():
+        return resolve_threads(None)
+    return max(1, resolve_threads(params.train.threads) // size)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_commands(backend: str, size: int, args: list[str]) -> list[tuple[list[str], dict]]:
+    """The processes to start, each with its extra environment: one torchrun (which starts the
+    ranks), or one process per TensorFlow worker."""
+    if backend == "torch":
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+        return [([*torchrun, f"--nproc-per-node={size}", "-m", "rnn.cli", *args], {})]
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(size)]
+    return [
+        (
+            [sys.executable, "-m", "rnn.cli", *args],
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                )
+            },
+        )
+        for i in range(size)
+    ]
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (the launcher, or torchrun)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")  # torchrun's per-rank line prefix
+EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception|Interrupt): ")
+
+
+def error_from_log(log: str, returncode: int) -> PipelineError:
+    """A rank's own one-line error if it printed one, else the exception a rank died of, else
+    the log's last line."""
+    lines = [RANK_PREFIX.sub("", line).strip() for line in log.splitlines()]
+    lines = [line for line in lines if line]
+    for line in reversed(lines):
+        if line.startswith("error: ") and "; fix: " in line:
+            problem, fix = line.removeprefix("error: ").split("; fix: ", 1)
+            return PipelineError(problem, fix)
+    raised = [line for line in lines if EXCEPTION_LINE.match(line) and "ChildFailed" not in line]
+    last = raised[0] if raised else lines[-1] if lines else "no output"
+    return PipelineError(
+        f"data-parallel training failed (exit {returncode}): {last}",
+        "rerun it; if it fails again, train.data_parallel: 1 trains in one process",
+    )
+
+
+def train_data_parallel(
+    ws: Workspace,
+    params,
+    run: RunKey,
+    epoch_budget: int | None = None,
+    progress: bool = True,
+    on_epoch=None,
+    checkpoint_sync=None,
+):
+    """Train ``run`` with ``train.data_parallel`` processes; returns rank 0's ``TrainSummary``."""
+    from rnn.train import TrainSummary, run_identity
+
+    size = params.train.data_parallel
+    threads = rank_threads(params, size)
+    ranked = params.model_copy(
+        update={"train": params.train.model_copy(update={"threads": threads})}
+    )
+    if checkpoint_sync is not None:
+        key = run_identity(run, params, ws.partition, ws.vocab).fingerprint
+        checkpoint_sync.fetch(key, ws.checkpoint(run))
+    if on_epoch is None and progress:
+        from rnn.progress import epoch_line
+
+        def on_epoch(name: str, row: dict, total: int) -> None:
+            print(epoch_line(name, row, total), file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="rnn-dp-") as tmp:
+        params_file, events = Path(tmp) / "params.yaml", Path(tmp) / "events.jsonl"
+        params_file.write_text(yaml.safe_dump(ranked.model_dump(mode="json"), sort_keys=False))
+        events.touch()
+        args = ["train", "-b", run.backend, "-v", run.variant, "-m", run.model]
+        args += ["--workdir", str(ws.root), "--params", str(params_file), "--events", str(events)]
+        if epoch_budget is not None:
+            args += ["--epoch-budget", str(epoch_budget)]
+        env = {**os.environ, LAUNCHER_ENV: str(os.getpid()), "OMP_NUM_THREADS": str(threads)}
+        reader = EventReader(events, ws.checkpoint(run), on_epoch, checkpoint_sync)
+        returncode, log = _run_ranks(rank_commands(run.backend, size, args), env, ws, reader, tmp)
+        if returncode != 0:
+            raise error_from_log(log, returncode)
+    if reader.summary is None:
+        raise PipelineError(
+            "data-parallel training ended without a summary from rank 0", "rerun the stage"
+        )
+    return TrainSummary(**reader.summary)
+
+
+def _run_ranks(commands, env: dict, ws: Workspace, reader: EventReader, tmp: str):
+    """Start the processes, relay events while they run; the first failure stops the rest."""
+    procs, logs = [], []
+    try:
+        for i, (cmd, extra) in enumerate(commands):
+            log = open(Path(tmp) / f"rank{i}.log", "w+b")  # noqa: SIM115 - closed below
+            logs.append(log)
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ws.root,
+                    env={**env, **extra},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                )
+            )
+        while any(p.poll() is None for p in procs):
+            if any(p.returncode not in (None, 0) for p in procs):
+                break
+            reader.drain()
+            time.sleep(POLL_S)
+        reader.drain()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    text = ""
+    for log in logs:
+        log.seek(0)
+        text += log.read().decode("utf-8", "replace")
+        log.close()
+    failed = [p.returncode for p in procs if p.returncode != 0]
+    return (failed[0] if failed else 0), text
+
+
+def train_as_rank(
+    ws: Workspace, params, run: RunKey, epoch_budget: int | None, events: Path | None
+) -> object | None:
+    """``rnn train`` inside a launched world: join it, train as this rank; rank 0 writes (and
+    takes the workspace lock, unless the launcher holds it). Returns rank 0's summary."""
+    from rnn import stages
+    from rnn.lock import workspace_lock
+
+    launched = LAUNCHER_ENV in os.environ
+    if launched:
+        die_with_parent()
+    size = launched_world_size()
+    if size != params.train.data_parallel:
+        raise PipelineError(
+            f"{size} processes were started but train.data_parallel is "
+            f"{params.train.data_parallel}",
+            f"set train.data_parallel: {size} in params.yaml (it is part of the run's record)",
+        )
+    world: World = backend_module(run.backend).join_world(params.train.device)
+    try:
+        relay = EventRelay(events) if events is not None and world.is_root else None
+        lock = (
+            workspace_lock(ws, f"`rnn train {run.name}` (rank 0 of {size})")
+            if world.is_root and not launched
+            else contextlib.nullcontext()
+        )
+        with lock:
+            summary = stages.train_stage(
+                ws,
+                params,
+                run,
+                world=world,
+                epoch_budget=epoch_budget,
+                progress=world.is_root and not launched,
+                on_epoch=relay,
+                checkpoint_sync=relay,
+            )
+        if relay is not None:
+            relay.summary(summary)
+        return summary if world.is_root else None
+    finally:
+        world.close()

@@ -1,0 +1,160 @@
+"""Data-parallel training (issue 14): two processes under torchrun (gloo) train the weights one
+process trains at the same global batch, to rounding; a planted mistake (clipping before the
+reduce, rows handed to the wrong rank) breaks that; `rnn train` with train.data_parallel: 2
+launches the ranks itself, records how it trained, resumes from a single-process checkpoint, and
+leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rnn.record import read_weights
+from tests.dp_cases import CASES, Case, train_case
+from tests.workspace import ROOT, copy_project, tiny_params
+
+TOLERANCE = 1e-5
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*cmd, f"--nproc-per-node={nproc}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def largest_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def two_rank_weights(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dp")
+    proc = torchrun("tests/dp_worker.py", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_two_processes_train_the_weights_of_one(two_rank_weights: Path, case: Case):
+    single = train_case(case)
+    assert largest_difference(single, train_case(case, epochs=0)) > 1e-3  # it trained
+    two = read_weights(two_rank_weights / f"{case.name}.safetensors")
+    assert largest_difference(single, two) <= TOLERANCE
+
+
+# The concise GRU's Glorot and orthogonal weights carry much state from one minibatch to the
+# next (the scratch models' N(0, 0.01) ones little, at first): rows fed the wrong state show.
+PLANTED = {"clip-first": CASES[0], "rotate-rows": Case("concise", "gru")}
+
+
+@pytest.mark.parametrize("fault", PLANTED)
+def test_a_planted_mistake_breaks_the_equivalence(tmp_path: Path, fault: str):
+    case = PLANTED[fault]
+    proc = torchrun("tests/dp_worker.py", str(tmp_path), "--fault", fault, "--cases", case.name)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = read_weights(tmp_path / f"{case.name}.safetensors")
+    assert largest_difference(train_case(case), two) > 100 * TOLERANCE
+
+
+def rnn(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rnn.cli", *args, "--workdir", str(ws)],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def workspace(base: Path, data_parallel: int, epochs: int = 3) -> Path:
+    params = tiny_params()
+    params["train"].update(epochs=epochs, data_parallel=data_parallel, checkpoint_every=1)
+    params["models"]["rnn"]["cell"] = "gru"
+    ws = copy_project(base, params, git=False)
+    for stage in ("ingest", "vocab", "partition"):
+        assert rnn(ws, stage).returncode == 0
+    return ws
+
+
+def set_data_parallel(ws: Path, size: int) -> None:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"]["data_parallel"] = size
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def weights(ws: Path, run: str = "torch-scratch-rnn") -> dict[str, np.ndarray]:
+    return read_weights(ws / "data/models" / run / "model.safetensors")
+
+
+def processes_under(path: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(path) in line]
+
+
+@pytest.mark.parametrize("variant", ["scratch", "concise"])
+def test_rnn_train_launches_the_ranks_and_resumes_a_single_process_checkpoint(
+    tmp_path: Path, variant: str
+):
+    run = f"torch-{variant}-rnn"
+    one = workspace(tmp_path / "one", data_parallel=1)
+    assert rnn(one, "train", "-b", "torch", "-v", variant).returncode == 0
+    two = workspace(tmp_path / "two", data_parallel=2)
+    proc = rnn(two, "train", "-b", "torch", "-v", variant)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "epoch 3/3" in proc.stderr  # rank 0's epochs, relayed by the launcher
+    record = json.loads((two / "data/models" / run / "run.json").read_text())
+    assert record["data_parallel"] == {"world_size": 2, "comm": "gloo"}
+    assert (
+        record["params"]["train"]
+        == json.loads((one / "data/models" / run / "run.json").read_text())["params"]["train"]
+    )
+    assert largest_difference(weights(one, run), weights(two, run)) <= TOLERANCE
+    # One epoch in one process, one in two, the last in one: each resumes the one before.
+    mixed = workspace(tmp_path / "mixed", data_parallel=1)
+    for size in (1, 2, 1):
+        set_data_parallel(mixed, size)
+        proc = rnn(mixed, "train", "-b", "torch", "-v", variant, "--epoch-budget", "1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["resumed_from_epoch"] == 2
+    assert largest_difference(weights(one, run), weights(mixed, run)) <= TOLERANCE
+    assert processes_under(tmp_path) == []
+
+
+def test_a_failing_rank_gives_one_error_line_and_keeps_earlier_results(tmp_path: Path):
+    ws = workspace(tmp_path / "ws", data_parallel=2)
+    assert rnn(ws, "train", "-b", "torch", "-v", "scratch").returncode == 0
+    before = (ws / "data/models/torch-scratch-rnn/model.safetensors").read_bytes()
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"].update(device="cuda", epochs=4)  # no GPU here: every rank refuses
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = rnn(ws, "train", "-b", "torch", "-v", "scratch")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: train.device=cuda") and "Traceback" not in proc.stderr
+    assert (ws / "data/models/torch-scratch-rnn/model.safetensors").read_bytes() == before
+    assert processes_under(tmp_path) == []
+
+
+def test_batch_rows_must_split_evenly(tmp_path: Path):
+    ws = copy_project(tmp_path / "ws", tiny_params(), git=False)
+    set_data_parallel(ws, 3)  # batch_size 4
+    proc = rnn(ws, "train", "-b", "torch", "-v", "scratch")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: invalid parameters")
+    assert "multiple" in proc.stderr
