@@ -262,7 +262,8 @@ def train_as_rank(
             f"{params.train.data_parallel}",
             f"set train.data_parallel: {size} in params.yaml (it is part of the run's record)",
         )
-    world: World = backend_module(run.backend).join_world(params.train.device)
+    threads = resolve_threads(params.train.threads)
+    world: World = backend_module(run.backend).join_world(params.train.device, threads)
     try:
         relay = EventRelay(events) if events is not None and world.is_root else None
         lock = (

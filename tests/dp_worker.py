@@ -1,5 +1,5 @@
-"""One rank of the data-parallel equivalence test, started by torchrun from
-tests/test_data_parallel.py: trains every case of tests/dp_cases.py in the world and, on rank 0,
+"""One rank of the data-parallel equivalence test, started by torchrun (or, for
+``--backend tf``, as a TF_CONFIG worker) from tests/test_data_parallel.py: trains every case of tests/dp_cases.py in the world and, on rank 0,
 writes each one's weights to OUT/<case>.safetensors.
 
 ``--fault`` plants one of the two mistakes the test must catch: ``clip-first`` clips each
@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rnn.torch.train as torch_train
 from rnn.distributed import World
+from rnn.engine import backend_module
 from rnn.record import write_weights
 from tests.dp_cases import CASES, train_case
 
@@ -51,12 +52,13 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--fault", default="none")
     ap.add_argument("--cases", default="all")
+    ap.add_argument("--backend", default="torch")
     args = ap.parse_args()
     plant(args.fault)
-    world = torch_train.join_world("cpu")
+    world = backend_module(args.backend).join_world("cpu", 1)
     try:
         for case in CASES if args.cases == "all" else [c for c in CASES if c.name == args.cases]:
-            weights = train_case(case, world=world)
+            weights = train_case(case, args.backend, world=world)
             if world.is_root:
                 write_weights(args.out / f"{case.name}.safetensors", weights)
     finally:

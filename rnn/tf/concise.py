@@ -46,6 +46,7 @@ class RNNModel(keras.layers.Layer):
         super().__init__()
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
         self.cell, self.num_layers, self.dropout = cell, num_layers, dropout
+        self.mask_shard = (0, 1)  # (rank, world size): set by a data-parallel engine
         self.rnns = []
         for k in range(num_layers):
             layer_seed_k = None if seed is None else seed + k
@@ -91,7 +92,7 @@ class RNNModel(keras.layers.Layer):
             Y, *last = rnn(Y, initial_state=[s[k] for s in state])
             for kept, s in zip(finals, last, strict=True):
                 kept.append(s)
-            Y = dropout(Y, self.dropout, layer_seed(seed, k))
+            Y = dropout(Y, self.dropout, layer_seed(seed, k), self.mask_shard, rows_axis=0)
         Y = tf.transpose(Y, (1, 0, 2))  # (batch, steps, h) -> time-major (steps, batch, h)
         logits = self.dense(tf.reshape(Y, (-1, self.num_hiddens)))
         return logits, tuple(tf.stack(s) for s in finals)

@@ -26,12 +26,43 @@ def normal(shape: tuple[int, ...], generator: tf.random.Generator) -> tf.Tensor:
     return generator.normal(shape, mean=0.0, stddev=0.01, dtype=tf.float32)
 
 
-def dropout(x: tf.Tensor, p: float, seed: tf.Tensor | None) -> tf.Tensor:
+def mask_uniform(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Uniform [0, 1) numbers for dropout masks: a counter hash (murmur3's finaliser over the
+    element index, keyed by the int64 seed pair) in 32-bit integer ops. TensorFlow's stateless
+    generators give other numbers under XLA than in a plain graph, even with a named algorithm and
+    explicit key and counter (measured), and a data-parallel epoch cannot be XLA-compiled: this
+    gives the same masks in both, so one process and several drop the same units."""
+    low = tf.cast(tf.bitwise.bitwise_and(seed, 0xFFFFFFFF), tf.uint32)
+    high = tf.cast(tf.bitwise.right_shift(seed, 32), tf.uint32)
+    h = tf.cast(tf.range(tf.reduce_prod(shape), dtype=tf.int64), tf.uint32)
+    h = h * tf.constant(0x9E3779B1, tf.uint32) + tf.bitwise.bitwise_xor(low[0], high[0])
+    for key in (low[1], high[1]):
+        h = tf.bitwise.bitwise_xor(h, key)
+        for shift, multiplier in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+            h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(shift, tf.uint32)))
+            h = h * tf.constant(multiplier, tf.uint32)
+        h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
+    top24 = tf.bitwise.right_shift(h, tf.constant(8, tf.uint32))
+    return tf.reshape(tf.cast(top24, tf.float32) / 16777216.0, shape)
+
+
+def dropout(
+    x: tf.Tensor, p: float, seed: tf.Tensor | None, shard=(0, 1), rows_axis: int = 1
+) -> tf.Tensor:
     """Inverted dropout with a stateless mask from ``seed`` (a pair the engine derives from the
-    run's seed, the epoch, the minibatch and the layer), so a resumed run draws the same masks."""
+    run's seed, the epoch, the minibatch and the layer), so a resumed run draws the same masks.
+    ``shard`` (rank, world size): the mask is drawn for the global batch and this rank's block of
+    rows (along ``rows_axis``) cut from it, so data parallelism drops what one process would."""
     if p == 0 or seed is None:
         return x
-    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= p
+    rank, size = shard
+    if size == 1:
+        keep = mask_uniform(tf.shape(x), seed) >= p
+    else:
+        rows = tf.shape(x)[rows_axis]
+        shape = tf.tensor_scatter_nd_update(tf.shape(x), [[rows_axis]], [rows * size])
+        full = mask_uniform(shape, seed) >= p
+        keep = tf.gather(full, tf.range(rank * rows, (rank + 1) * rows), axis=rows_axis)
     return x * tf.cast(keep, x.dtype) / (1 - p)
 
 
@@ -52,6 +83,7 @@ class RNNModelScratch(tf.Module):
         super().__init__()
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
         self.cell, self.num_layers, self.dropout = cell, num_layers, dropout
+        self.mask_shard = (0, 1)  # (rank, world size): set by a data-parallel engine
         gates = CELLS[cell].num_gates
         gen = tf.random.Generator.from_seed(seed if seed is not None else 0)
         self.layers = []
@@ -100,7 +132,7 @@ class RNNModelScratch(tf.Module):
                 last = [hs[-1]]
             for kept, s in zip(finals, last, strict=True):
                 kept.append(s)
-            below = dropout(hs, self.dropout, layer_seed(seed, k))
+            below = dropout(hs, self.dropout, layer_seed(seed, k), self.mask_shard)  # time-major
         logits = tf.matmul(tf.reshape(below, (-1, self.num_hiddens)), self.W_hq) + self.b_q
         return logits, tuple(tf.stack(s) for s in finals)
 

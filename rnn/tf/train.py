@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from rnn.config import OptimizerConfig
-from rnn.distributed import SINGLE, World
+from rnn.distributed import SINGLE, World, shard_rows
 from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
@@ -41,11 +41,11 @@ def framework_version() -> str:
     return tf.__version__
 
 
-def join_world(device: str) -> World:
-    raise PipelineError(
-        "data-parallel training is not available for TensorFlow yet",
-        "set train.data_parallel: 1 for the tf backend",
-    )
+def join_world(device: str, threads: int | None = None) -> World:
+    """This process's rank in the TF_CONFIG cluster (rnn/tf/distributed.py)."""
+    from rnn.tf.distributed import join_world as join
+
+    return join(device, threads)
 
 
 def resolve_device(name: str) -> str:
@@ -152,11 +152,7 @@ class Engine:
         threads: int | None = None,
         world: World = SINGLE,
     ) -> None:
-        if world.size > 1:
-            raise PipelineError(
-                "data-parallel training is not available for TensorFlow yet",
-                "set train.data_parallel: 1 for the tf backend",
-            )
+        self.world = world
         if threads:
             set_threads(threads)
         self.device = resolve_device(device)
@@ -172,11 +168,13 @@ class Engine:
                 num_layers=num_layers,
                 dropout=dropout,
             )
+            self.model.mask_shard = (world.rank, world.size)
             self.variables = self.model.ordered_variables
             self.optimizer = Optimizer(
                 self.variables, self.model.weight_matrices, optimizer or OptimizerConfig()
             )
-        self.jit = use_jit(variant)
+        # XLA cannot compile the strategy's collectives: a data-parallel epoch runs as a graph
+        self.jit = use_jit(variant) and world.size == 1
         self.lr, self.theta, self.seed = lr, theta, seed
         self._epoch_fns: dict[bool, tf.types.experimental.GenericFunction] = {}
         # Splits differ in length and rows: let one trace serve them all.
@@ -186,9 +184,12 @@ class Engine:
     def train_step(self, X: tf.Tensor, Y: tf.Tensor, state, lr: tf.Tensor, seed=None):
         with tf.GradientTape() as tape:
             logits, state = self.model(X, state, seed)
-            loss = mean_cross_entropy(logits, Y)
+            loss = mean_cross_entropy(logits, Y) / self.world.size  # a share of the global mean
         # The gather's gradient is sparse (IndexedSlices); the update wants dense tensors.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
+        if self.world.size > 1:  # the global batch's gradient, before clipping (rnn/distributed.py)
+            context = tf.distribute.get_replica_context()
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         if self.theta is not None:  # g * theta / max(||g||, theta)
             grads, _ = tf.clip_by_global_norm(grads, self.theta)
         self.optimizer.apply(grads, lr)
@@ -210,14 +211,23 @@ class Engine:
             # with an unknown batch size, which a loop variable may not change to).
             for i in tf.range(tf.shape(xs)[0]):
                 state = list(self.model.begin_state(batch))
-                loss, _ = self.train_step(xs[i], ys[i], state, lrs[i], step_seed(i))
+                loss, _ = self._step(xs[i], ys[i], state, lrs[i], step_seed(i))
                 total += loss
             return total
         state = list(self.model.begin_state(batch))
         for i in tf.range(tf.shape(xs)[0]):
-            loss, state = self.train_step(xs[i], ys[i], state, lrs[i], step_seed(i))
+            loss, state = self._step(xs[i], ys[i], state, lrs[i], step_seed(i))
             total += loss
         return total
+
+    def _step(self, X, Y, state, lr, seed):
+        """``train_step``; under data parallelism as the strategy's replica function (its
+        all-reduce needs a replica context, and may not sit inside the loop's control flow)."""
+        if self.world.size == 1:
+            return self.train_step(X, Y, state, lr, seed)
+        strategy = self.world.strategy  # type: ignore[attr-defined]
+        out = strategy.run(self.train_step, args=(X, Y, state, lr, seed))
+        return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], out)
 
     def train_epoch(
         self,
@@ -229,7 +239,10 @@ class Engine:
     ) -> tuple[float, int]:
         """One pass over an epoch's minibatches (num_batches, batch, steps) at the learning rate
         ``lrs[i]`` for minibatch i (default: the engine's ``lr``); returns loss sum, count.
-        Dropout masks are drawn from stateless seeds derived from (seed, ``epoch``)."""
+        Dropout masks are drawn from stateless seeds derived from (seed, ``epoch``). Under data
+        parallelism ``xs`` and ``ys`` are the global minibatches: this rank trains its rows."""
+        count, per_batch = xs.size, xs[0].size
+        xs, ys = shard_rows(xs, self.world), shard_rows(ys, self.world)
         fresh = sampling == "random"
         if fresh not in self._epoch_fns:
             spec = tf.TensorSpec([None, *xs.shape[1:]], tf.int32)
@@ -249,7 +262,7 @@ class Engine:
         seed = np.array([dropout_seed(self.seed, epoch) % (2**62), 0], np.int64)
         with tf.device(self.device):
             total = self._epoch_fns[fresh](xs.astype(np.int32), ys.astype(np.int32), rates, seed)
-        return float(total) * xs[0].size, xs.size
+        return self.world.all_reduce_sum(float(total)) * per_batch, count
 
     def _eval_graph(self, xs: tf.Tensor, ys: tf.Tensor) -> tf.Tensor:
         state = list(self.model.begin_state(tf.shape(xs)[1]))

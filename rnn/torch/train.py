@@ -32,7 +32,9 @@ def framework_version() -> str:
     return torch.__version__
 
 
-def join_world(device: str):
+def join_world(device: str, threads: int | None = None):
+    """This process's rank in the torchrun world (rnn/torch/distributed.py); ``threads`` is set
+    by the engine."""
     from rnn.torch.distributed import join_world as join
 
     return join(device)
