@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from rnn.repro import dvc_command
 
 logger = logging.getLogger(__name__)
 SHARED_REMOTE = "shared"
@@ -35,17 +36,12 @@ EXPERIMENT_FILES = (
 )
 
 
-def _dvc() -> list[str]:
-    exe = Path(sys.executable).with_name("dvc")
-    return [str(exe)] if exe.exists() else [shutil.which("dvc") or "dvc"]
-
-
 def in_dvc_repo(root: Path) -> bool:
     return (root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()
 
 
 def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*_dvc(), *args], cwd=root, capture_output=True, text=True)
+    result = subprocess.run([*dvc_command(), *args], cwd=root, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise DvcError(f"dvc {' '.join(args[:2])} failed in {root}: {result.stderr.strip()[-500:]}")
     return result
@@ -146,7 +142,31 @@ def restore(root: Path, stage: str) -> bool:
         return False
 
 
+PUSH_ATTEMPTS, PUSH_BACKOFF_S = 3, 2.0
+
+
 def push(root: Path, stages: list[str]) -> str:
+    """Push ``stages``' outputs and the run-cache to the default remote, retrying a failing
+    remote (a dropped connection, a server restarting) with backoff; what was pushed before a
+    failure stays pushed (objects are content-addressed), so a retry sends only the rest. When
+    every attempt fails the outputs are still in the workspace and in dvc.lock, so a rerun
+    pushes without recomputing anything."""
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
+        try:
+            return _push(root, stages)
+        except Exception as err:  # DVC, fsspec and botocore each raise their own
+            if attempt == PUSH_ATTEMPTS:
+                raise DvcError(
+                    f"dvc push to the remote failed {PUSH_ATTEMPTS} times ({err}); the results "
+                    f"are kept in {root} and dvc.lock: rerun once the remote is reachable, "
+                    "nothing is recomputed"
+                ) from err
+            logger.warning("dvc push failed (attempt %d of %d): %s", attempt, PUSH_ATTEMPTS, err)
+            time.sleep(PUSH_BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _push(root: Path, stages: list[str]) -> str:
     """Push ``stages``' outputs and the run-cache to the default remote, including the
     outputs left to git (`cache: false`: metrics, evaluations, the report), which `dvc push
     --run-cache` skips although the run-cache needs them to restore a stage elsewhere."""

@@ -63,13 +63,28 @@ def adopt_params(ws: Workspace, params_file: str, overrides: dict[str, Any] | No
     """This run's parameters: ``params_file`` (relative to the workspace) with ``overrides``.
     They become the workspace's params.yaml, as `dvc exp run -S` does, so that DVC tracks, caches
     and records the run like `dvc repro` with those parameters; invalid ones change nothing."""
-    source = ws.resolve(params_file)
+    source = ws.inside(params_file, "params_file")
     base = load_params(source)
+    _check_override_paths(ws, base, overrides or {})
     params = validate_params(merge(base.model_dump(), overrides or {}), "flow parameters")
     if source != ws.params_file or params != base:
         with atomic_path(ws.params_file) as tmp:
             tmp.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
     return params
+
+
+def _check_override_paths(ws: Workspace, base: Params, overrides: dict[str, Any]) -> None:
+    """A flow argument may move the corpus or the download cache only inside the workspace
+    (or, for the source, to a URL, which needs a pinned checksum): anyone who can start a flow
+    run could otherwise make a worker read its other files into a corpus and push them. The
+    committed parameter file's own paths are its author's choice."""
+    ingest = overrides.get("ingest") or {}
+    for key in ("source", "cache_dir"):
+        value = ingest.get(key)
+        if value == getattr(base.ingest, key) or not isinstance(value, str):
+            continue
+        if not value.startswith(("http://", "https://")):
+            ws.inside(value, f"the flow argument ingest.{key}")
 
 
 def downstream(stale: set[str], stages: dict[str, list[str]]) -> set[str]:

@@ -96,7 +96,9 @@ def _train_variant(ws, backend, variant, model, params, params_file, code) -> di
     if code:
         check_out(ws.root, code)
     if model is None:
-        model = (params or load_params(ws.resolve(params_file)).model_dump())["train"]["models"][0]
+        model = (params or load_params(ws.inside(params_file, "params_file")).model_dump())[
+            "train"
+        ]["models"][0]
     run = RunKey(backend, variant, model)
     logger.info("%s on machine %s in %s", run.name, machine, ws.root)
     narrowed = {"train": {"backends": [backend], "variants": [variant], "models": [model]}}

@@ -53,6 +53,13 @@ def up(
         int | None,
         typer.Option(min=1, help="cores per training (default: cores / (workers x slots))"),
     ] = None,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            help="require PREFECT_API_AUTH_STRING on the API (made once, kept in stack.env, "
+            "mode 600; or set PREFECT_SERVER_API_AUTH_STRING)"
+        ),
+    ] = True,
 ) -> None:
     """Start (or complete) the stack: database, server, pool with its queues and limits, the
     zombie-run automation, variables, deployments, and N workers. Running it again starts only
@@ -78,6 +85,7 @@ def up(
         remote,
         remote_endpoint,
         threads,
+        auth,
     )
     try:
         state = stack.up(home, settings)
@@ -113,7 +121,8 @@ def worker(
     """Run this machine's two workers of the pool in the foreground (for a service manager): a
     trainer taking --slots trainings at once, each given cores / slots threads, and a
     coordinator taking one pipeline or retraining run; heartbeats on. Set RNN_DVC_REMOTE (and
-    AWS_* for S3) in its environment. Stops both on SIGTERM or when either exits."""
+    AWS_* for S3) in its environment, and PREFECT_API_AUTH_STRING where the server requires
+    it (the stack's is in its stack.env). Stops both on SIGTERM or when either exits."""
     import signal
     import socket
     import subprocess

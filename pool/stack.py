@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ class Settings:
     remote: str | None = None
     remote_endpoint: str | None = None
     threads: int | None = None  # per training; None: this machine's cores / its slots
+    auth: bool = True  # the API requires PREFECT_API_AUTH_STRING (generated, kept in state.json)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class State:
     server_pid: int | None = None
     workers: dict[str, int] = field(default_factory=dict)
     worker_settings: str = ""  # what the running workers were started with
+    auth_string: str | None = None  # user:secret for the server's basic auth; never logged
 
     @property
     def api_url(self) -> str:
@@ -70,7 +73,11 @@ def load_state(home: Path) -> State | None:
         return None
     raw = json.loads(path.read_text())
     return State(
-        Settings(**raw["settings"]), raw.get("pg"), raw.get("server_pid"), raw.get("workers", {})
+        Settings(**raw["settings"]),
+        raw.get("pg"),
+        raw.get("server_pid"),
+        raw.get("workers", {}),
+        auth_string=raw.get("auth_string"),
     )
 
 
@@ -80,7 +87,24 @@ def save_state(home: Path, state: State) -> None:
     tmp.write_text(json.dumps(asdict(state), indent=1))
     tmp.chmod(0o600)
     tmp.replace(path)
-    (home / "stack.env").write_text(f"export PREFECT_API_URL={state.api_url}\n")
+    lines = [f"export PREFECT_API_URL={state.api_url}"]
+    if state.auth_string:
+        lines.append(f"export PREFECT_API_AUTH_STRING={state.auth_string}")
+    env_file = home / "stack.env"
+    env_file.touch(mode=0o600)
+    env_file.chmod(0o600)  # it holds the API's credential: this user only, like state.json
+    env_file.write_text("\n".join(lines) + "\n")
+
+
+def ensure_auth(state: State) -> None:
+    """With ``settings.auth``, the API credential: PREFECT_SERVER_API_AUTH_STRING when the
+    caller sets one, else a random one made once and kept in state.json (mode 600)."""
+    if not state.settings.auth:
+        state.auth_string = None
+    elif os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        state.auth_string = os.environ["PREFECT_SERVER_API_AUTH_STRING"]
+    elif not state.auth_string:
+        state.auth_string = f"rnn:{secrets.token_urlsafe(24)}"
 
 
 def alive(pid: int | None) -> bool:
@@ -111,9 +135,9 @@ def base_env(state: State) -> dict[str, str]:
         DO_NOT_TRACK="1",
         PREFECT_CLI_PROMPT="false",
     )
-    # the API auth string travels to every client, never into a file
-    if os.environ.get("PREFECT_API_AUTH_STRING"):
-        env["PREFECT_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"]
+    # the API credential travels to every client in its environment, never in a command line
+    if state.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = state.auth_string
     return env
 
 
@@ -168,8 +192,8 @@ def ensure_server(home: Path, state: State, db_url: str | None) -> None:
     env["PREFECT_HOME"] = str(home / "server-home")
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
-    if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
-        env["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_SERVER_API_AUTH_STRING"]
+    if state.auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = state.auth_string
     log = home / "logs" / "server.log"
     state.server_pid = spawn(
         [
@@ -250,10 +274,12 @@ def install_zombie_automation(state: State) -> None:
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     s = state.settings
-    with temporary_settings({PREFECT_API_URL: state.api_url}):
+    with temporary_settings(
+        {PREFECT_API_URL: state.api_url, PREFECT_API_AUTH_STRING: state.auth_string}
+    ):
         with suppress(ValueError):
             Automation.read(name=ZOMBIE_AUTOMATION).delete()
         Automation(
@@ -369,6 +395,7 @@ def up(home: Path, settings: Settings) -> State:
             f"run `python -m pool down --purge` first to switch to {settings.db}"
         )
     state.settings = settings
+    ensure_auth(state)
     try:
         db_url = ensure_database(state)
         save_state(home, state)

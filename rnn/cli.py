@@ -16,7 +16,7 @@ import typer
 
 from rnn import stages
 from rnn.config import Params, load_params
-from rnn.errors import PipelineError
+from rnn.errors import PipelineError, from_os_error
 from rnn.lock import workspace_lock
 from rnn.registry import RunKey, grid
 from rnn.workspace import Workspace
@@ -44,7 +44,8 @@ WorkdirOpt = Annotated[
 
 
 def one_line_errors(func: F) -> F:
-    """Turn a PipelineError into one line on stderr and exit status 2 (no traceback)."""
+    """Turn a PipelineError, or a failing disk or store (OSError), into one line on stderr and
+    exit status 2 (no traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,6 +53,9 @@ def one_line_errors(func: F) -> F:
             return func(*args, **kwargs)
         except PipelineError as err:
             print(err.one_line(), file=sys.stderr)
+            raise typer.Exit(2) from None
+        except OSError as err:
+            print(from_os_error(err).one_line(), file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -230,13 +234,24 @@ def generate(
 ) -> None:
     """Generate text from a trained model, greedy or sampled."""
     from rnn.evaluate import generate_text, load_trained
-    from rnn.vocab import Vocab
 
     ws, loaded = open_workspace(workdir, params)
     run = run_key(loaded, backend, variant, model)
-    vocab = Vocab.load(ws.vocab)
-    engine = load_trained(backend, variant, loaded, ws.model(run), vocab)
+    engine, vocab = load_trained(backend, variant, loaded, ws.model(run), ws.vocab)
     typer.echo(generate_text(engine, vocab, prefix, num_preds, temperature, top_k, seed))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@one_line_errors
+def repro(ctx: typer.Context, workdir: WorkdirOpt = None) -> None:
+    """`dvc repro` holding the workspace from start to end, so that a second run here fails at
+    once naming this one; further arguments go to `dvc repro` (targets, --force, ...)."""
+    from rnn.repro import repro as run_repro
+
+    ws = Workspace.at(workdir if workdir is not None else Path.cwd())
+    if not ws.root.is_dir():
+        raise PipelineError(f"workspace {ws.root} is not a directory", "fix --workdir")
+    raise typer.Exit(run_repro(ws, list(ctx.args)))
 
 
 @app.command("params")

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from rnn.atomic import atomic_path
 from rnn.config import IngestConfig
 from rnn.errors import PipelineError
+from rnn.faults import kill_point
 from rnn.fetch import resolve_source
-from rnn.text import check_text, iter_normalize_d2l, normalize_raw, strip_gutenberg
+from rnn.text import iter_normalize_d2l, normalize_raw, strip_gutenberg, to_utf8
 
 PROVENANCE_KEY = b"rnn.provenance"
 ROW_BYTES = 1 << 21  # rows of ~2 MiB keep Arrow temporaries (word splitting) small
@@ -50,9 +51,7 @@ def _verify_local_checksum(cfg: IngestConfig, path: Path, data: bytes) -> None:
 
 def clean(data: bytes, name: str, cfg: IngestConfig) -> Iterator[bytes]:
     """Validate one source's bytes and yield its normalised UTF-8 text, in consecutive pieces."""
-    check_text(data, name, cfg.encoding)
-    if cfg.encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "ascii"):
-        data = data.decode(cfg.encoding).encode("utf-8")
+    data = to_utf8(data, name, cfg.encoding)
     if cfg.strip_gutenberg:
         data = strip_gutenberg(data)
     if cfg.normalization == "d2l":
@@ -140,6 +139,7 @@ class _CorpusWriter:
         offsets = pa.py_buffer(np.array([0, len(row)], dtype=np.int64))
         column = pa.LargeStringArray.from_buffers(1, offsets, pa.py_buffer(row))
         self._writer.write_table(pa.Table.from_arrays([column], schema=_SCHEMA))
+        kill_point("ingest:row")  # mid-write: rows on disk, the file not finished
 
 
 def ingest(cfg: IngestConfig, out: str | Path, root: str | Path = "") -> IngestSummary:

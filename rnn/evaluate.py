@@ -11,10 +11,10 @@ from rnn.config import Params
 from rnn.engine import make_engine
 from rnn.errors import PipelineError
 from rnn.partition import SPLITS, evaluation_minibatches, load_split
-from rnn.record import WEIGHTS_FILE, read_record
+from rnn.record import WEIGHTS_FILE, file_sha256, read_record
 from rnn.registry import RunKey
 from rnn.train import perplexity
-from rnn.vocab import Vocab
+from rnn.vocab import VOCAB_FILE, Vocab
 
 EVAL_FILE = "eval.json"
 
@@ -27,9 +27,16 @@ class EvalSummary:
     sampled: dict[str, str]  # per prefix, at evaluate.sample_temperature among sample_top_k
 
 
-def load_trained(backend: str, variant: str, params: Params, model_dir: Path, vocab: Vocab):
-    """An engine holding a trained run's weights, rebuilt from its self-describing record."""
+def load_trained(
+    backend: str, variant: str, params: Params, model_dir: Path, vocab_dir: Path
+) -> tuple[object, Vocab]:
+    """An engine holding a trained run's weights, rebuilt from its self-describing record, and
+    the vocabulary it was trained with. The record's checksums are checked first: a weights
+    file that is truncated or damaged, or another vocabulary, is an error, not a wrong model."""
     record = read_record(model_dir)
+    vocab = Vocab.load(vocab_dir)
+    _check_vocabulary(record, Path(model_dir), Path(vocab_dir))
+    _check_weights(record, Path(model_dir) / WEIGHTS_FILE)
     args = record["model_args"]
     if (record.get("backend"), record.get("variant")) != (backend, variant):
         raise PipelineError(
@@ -55,7 +62,28 @@ def load_trained(backend: str, variant: str, params: Params, model_dir: Path, vo
         threads=params.train.threads,
     )
     engine.load(Path(model_dir) / WEIGHTS_FILE)
-    return engine
+    return engine, vocab
+
+
+def _check_vocabulary(record: dict, model_dir: Path, vocab_dir: Path) -> None:
+    trained_with = record.get("vocab_sha256")
+    if trained_with and file_sha256(vocab_dir / VOCAB_FILE) != trained_with:
+        raise PipelineError(
+            f"{model_dir} was trained with another vocabulary than {vocab_dir / VOCAB_FILE}",
+            "use the workspace the model was trained in, or retrain it (`dvc repro`) with this "
+            "vocabulary",
+        )
+
+
+def _check_weights(record: dict, weights: Path) -> None:
+    expected = record.get("weights_sha256")
+    if not weights.is_file():
+        raise PipelineError(f"weights {weights} not found", "run `rnn train` for this variant")
+    if expected and file_sha256(weights) != expected:
+        raise PipelineError(
+            f"weights {weights} do not match the checksum in run.json (truncated or damaged)",
+            "restore them (`dvc checkout`, or `dvc pull` from the remote) or retrain (`dvc repro`)",
+        )
 
 
 def generate_text(
@@ -67,10 +95,25 @@ def generate_text(
     top_k: int = 0,
     seed: int = 0,
 ) -> str:
+    _check_prefix(vocab, prefix)
     prefix_ids = vocab.encode(prefix)
     if not prefix_ids:
         raise PipelineError(f"prefix {prefix!r} has no tokens", "use a non-empty prefix")
     return vocab.decode(engine.generate(prefix_ids, num_preds, temperature, top_k, seed))
+
+
+def _check_prefix(vocab: Vocab, prefix: str) -> None:
+    """A character the model never saw would silently become <unk>; say so instead."""
+    if vocab.token_type != "char":
+        return  # an unknown word is what <unk> stands for in a word model
+    unknown = sorted(set(prefix) - set(vocab.index))
+    if unknown:
+        shown = "".join(unknown[:20])
+        raise PipelineError(
+            f"prefix {prefix!r} has characters outside the model's vocabulary: {shown!r}",
+            f"use only characters of the training text ({len(vocab) - 1} known; see "
+            "data/vocab/vocab.json)",
+        )
 
 
 def sample_text(engine, vocab: Vocab, prefix: str, params: Params, sampled: bool = False) -> str:
@@ -92,8 +135,7 @@ def evaluate_model(
     out_dir: str | Path,
 ) -> EvalSummary:
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    vocab = Vocab.load(vocab_dir)
-    engine = load_trained(run.backend, run.variant, params, model_dir, vocab)
+    engine, vocab = load_trained(run.backend, run.variant, params, model_dir, Path(vocab_dir))
     pcfg = params.partition
     ppl = {}
     for split in SPLITS:

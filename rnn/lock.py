@@ -19,9 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from rnn.atomic import sweep_temporaries
 from rnn.errors import PipelineError
 from rnn.workspace import Workspace
 
+# Set by `rnn repro` for the stage commands dvc starts under it: they write the workspace that
+# their ancestor holds, as its part of the same run.
+INHERITED_ENV = "RNN_WORKSPACE_HELD"
 _held: dict[Path, tuple[IO[str], int]] = {}
 _guard = threading.Lock()
 
@@ -37,10 +41,32 @@ def _holder_line(lock_file: Path) -> str:
     return f"{owner.get('run', 'a run')} (pid {owner.get('pid')} on {owner.get('host')}, since {since})"
 
 
+def _inherited(path: Path) -> bool:
+    """True when a live ancestor (`rnn repro`) holds ``path`` for this process's run."""
+    if os.environ.get(INHERITED_ENV) != str(path):
+        return False
+    try:
+        pid = int(json.loads(path.read_text() or "{}").get("pid", 0))
+    except (OSError, ValueError, TypeError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 @contextlib.contextmanager
 def workspace_lock(ws: Workspace, run: str) -> Iterator[None]:
     """Hold ``ws`` for writing as ``run`` (a name a user recognises: a flow run, a command)."""
     path = ws.lock_file.resolve()
+    if _inherited(path):
+        yield
+        return
     with _guard:
         if path in _held:
             handle, depth = _held[path]
@@ -60,6 +86,7 @@ def workspace_lock(ws: Workspace, run: str) -> Iterator[None]:
                 "wait for that run to finish, or give this run its own workspace "
                 "(--workdir DIR, or a deployment run, which clones its own)",
             ) from None
+        sweep_temporaries(ws.data)  # what a killed holder left half-written
         handle.truncate(0)
         owner = {"run": run, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         handle.write(json.dumps(owner))

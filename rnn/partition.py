@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from rnn import npyfile
-from rnn.atomic import atomic_path
+from rnn.atomic import atomic_dir
 from rnn.config import PartitionConfig
 from rnn.errors import PipelineError
 from rnn.vocab import ids_file
@@ -151,17 +151,14 @@ def _partition(ids: BinaryIO, cfg: PartitionConfig, out_dir: Path) -> PartitionS
         sizes,
         num_minibatches(sizes["train"], cfg.batch_size, cfg.num_steps, cfg.sampling, 0),
     )
-    with (
-        atomic_path(out_dir / "train.npy") as train,
-        atomic_path(out_dir / "valid.npy") as valid,
-        atomic_path(out_dir / "test.npy") as test,
-        atomic_path(out_dir / SUMMARY_FILE) as meta,
-    ):
-        for tmp, lo, hi in zip((train, valid, test), bounds[:-1], bounds[1:], strict=True):
-            _save_slice(ids, dtype, data_start + int(lo) * dtype.itemsize, int(hi - lo), tmp)
+    with atomic_dir(out_dir) as tmp:  # the splits and their summary are replaced together
+        for name, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
+            _save_slice(
+                ids, dtype, data_start + int(lo) * dtype.itemsize, int(hi - lo), tmp / f"{name}.npy"
+            )
         # not out_dir: the file's content must not depend on where the workspace is
         record = {k: v for k, v in asdict(summary).items() if k != "out_dir"}
-        meta.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        (tmp / SUMMARY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return summary
 
 

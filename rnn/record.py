@@ -51,6 +51,15 @@ def write_weights(path: str | Path, weights: dict, metadata: dict[str, str] | No
     save_file(arrays, str(path), metadata=weights_metadata(metadata))
 
 
+def read_weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata ``write_weights`` stored in the file's header ({} if there is none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "numpy") as f:
+        header = f.metadata() or {}
+    return json.loads(header["rnn"]) if "rnn" in header else {}
+
+
 def read_weights(path: str | Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 

@@ -35,41 +35,77 @@ _HTML_MARKER = re.compile(
 # Control bytes that never occur in text files (tab, LF, VT, FF, CR and ESC excluded).
 _BINARY_BYTES = np.zeros(256, dtype=bool)
 _BINARY_BYTES[[*range(0, 9), 14, *range(16, 27), *range(28, 32)]] = True
+_CONTROL = bytes(np.flatnonzero(_BINARY_BYTES).tolist())
 _MARKER_WINDOW = 1 << 17
 _CHUNK = 1 << 19  # 512 KiB: each chunk's NumPy temporaries (~5x its size) stay small
 
 
-def check_text(data: bytes, name: str, encoding: str = "utf-8") -> str | None:
-    """Reject inputs that are not text; returns nothing, raises ``PipelineError`` with the fix."""
-    head = data[:4096]
+def to_utf8(data: bytes, name: str, encoding: str = "utf-8") -> bytes:
+    """The input as checked UTF-8 text: decoded from ``encoding`` (any codec Python has), then
+    judged as text, so a multi-byte encoding (UTF-16, UTF-32: full of zero bytes) is not taken
+    for binary data. Raises ``PipelineError`` with the fix for what is not text."""
     if not data or data.isspace():
         raise PipelineError(f"{name} is empty", "point ingest.source at a non-empty text file")
+    text = _decode(data, name, encoding)
+    if not text or text.isspace():
+        raise PipelineError(f"{name} is empty", "point ingest.source at a non-empty text file")
+    head = text[:4096]
     if _looks_like_html(head.removeprefix(BOM)):
         raise PipelineError(
             f"{name} is an HTML page, not plain text (a mirror or proxy error page?)",
             "use the raw text URL or file and pin its checksum in ingest.sha1/sha256",
         )
+    _reject_binary(head, name)
+    _reject_control_bytes(text, name)
+    return text
+
+
+def _reject_binary(head: bytes, name: str) -> None:
     sample = np.frombuffer(head, dtype=np.uint8)
-    if _BINARY_BYTES[sample].mean() > 0.01 or b"\x00" in head:
+    if _BINARY_BYTES[sample].mean() > 0.01:
         raise PipelineError(
             f"{name} looks like binary data, not text",
-            "point ingest.source at a plain text file (decompress archives first)",
+            "point ingest.source at a plain text file (decompress archives first), or set "
+            "ingest.encoding to its real encoding",
         )
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8") and data.isascii():
-        return None  # ASCII is valid UTF-8; skip the slower full decode
+
+
+def _decode(data: bytes, name: str, encoding: str) -> bytes:
+    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+    if utf8 and data.isascii():
+        return data  # ASCII is valid UTF-8; skip the slower full decode
     try:
-        data.decode(encoding)
+        decoded = data.decode(encoding)
     except UnicodeDecodeError as err:
+        _reject_binary(data[:4096], name)  # not text in any encoding: say that, not the byte
         raise PipelineError(
             f"{name} is not valid {encoding}: undecodable byte 0x{data[err.start]:02x} "
-            f"at offset {err.start}",
-            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or set ingest.encoding",
+            f"at byte offset {err.start}",
+            "repair or convert the file (e.g. iconv -f latin1 -t utf-8), or set ingest.encoding",
         ) from None
     except LookupError:
         raise PipelineError(
             f"unknown encoding {encoding!r}", "set ingest.encoding to e.g. utf-8 or latin-1"
         ) from None
-    return None
+    return data if utf8 else decoded.encode("utf-8")
+
+
+def _reject_control_bytes(text: bytes, name: str) -> None:
+    """Corruption inside otherwise good text (a run of zero bytes, a spliced binary block) is an
+    error naming where it is, not something the normalisation quietly deletes. In UTF-8 a byte
+    below 0x20 is always that control character itself, so scanning bytes is exact."""
+    if len(text.translate(None, _CONTROL)) == len(text):
+        return  # the common case, at C speed; NumPy only to find where
+    for start in range(0, len(text), _CHUNK):
+        bad = np.flatnonzero(_BINARY_BYTES[np.frombuffer(text[start : start + _CHUNK], np.uint8)])
+        if bad.size:
+            at = start + int(bad[0])
+            char = len(text[:at].decode("utf-8", errors="replace"))
+            raise PipelineError(
+                f"{name} has a control character U+{text[at]:04X} at character {char} "
+                "(corrupt or binary data inside the text)",
+                "repair the file or cut out the damaged part, then rerun",
+            )
 
 
 def _looks_like_html(head: bytes) -> bool:

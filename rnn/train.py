@@ -29,6 +29,8 @@ from rnn.atomic import atomic_dir, atomic_path
 from rnn.config import Params
 from rnn.distributed import SINGLE, World
 from rnn.engine import engine_for
+from rnn.errors import PipelineError
+from rnn.faults import kill_point
 from rnn.partition import epoch_minibatches, evaluation_minibatches, load_split, min_tokens
 from rnn.progress import epoch_progress
 from rnn.record import (
@@ -37,6 +39,7 @@ from rnn.record import (
     file_sha256,
     fingerprint,
     library_versions,
+    read_weights_metadata,
     write_weights,
 )
 from rnn.registry import RunKey
@@ -80,20 +83,60 @@ class TrainSummary:
 
 
 def perplexity(loss_sum: float, count: int) -> float:
-    return math.exp(loss_sum / count)
+    mean = loss_sum / count
+    return math.exp(mean) if mean < MAX_MEAN_LOSS else math.inf
+
+
+# A mean loss this high (e^700 perplexity) only comes from weights that have blown up.
+MAX_MEAN_LOSS = 700.0
+
+
+def check_converging(loss_sum: float, count: int, epoch: int, tcfg, ckpt_dir: Path) -> None:
+    """Stop a diverging run (non-finite loss: the gradients or weights overflowed) at the epoch it
+    happened, before anything of it is saved: the last checkpoint and earlier outputs stay."""
+    mean = float(loss_sum) / count
+    if math.isfinite(mean) and mean < MAX_MEAN_LOSS:
+        return
+    kept = checkpoint_epochs(ckpt_dir)
+    clip = "" if tcfg.theta is not None else ", or set train.theta (e.g. 1.0) to clip gradients"
+    raise PipelineError(
+        f"training diverged at epoch {epoch}: the mean training loss is {mean:g}; nothing of "
+        f"this run was saved or published"
+        + (f" (its checkpoint at epoch {kept} is kept)" if kept else ""),
+        f"lower train.lr (now {tcfg.lr:g}){clip}, then rerun",
+    )
 
 
 def _load_checkpoint(engine, ckpt_dir: Path, run_fp: str) -> tuple[list[dict], dict]:
     """History of the epochs already done and the best weights so far, or ([], {}) if there is
-    no usable checkpoint."""
-    hist_path, weights = ckpt_dir / HISTORY, ckpt_dir / CHECKPOINT
-    if not (hist_path.is_file() and weights.is_file()):
+    no usable checkpoint. The weights file carries its own history, so a crash between writing
+    it and its index (checkpoint.json) still resumes from it."""
+    weights = ckpt_dir / CHECKPOINT
+    if not weights.is_file():
         return [], {}
-    saved = json.loads(hist_path.read_text())
-    if saved.get("fingerprint") != run_fp or saved.get("weights_sha256") != file_sha256(weights):
-        return [], {}  # another configuration's checkpoint, or a torn write: start afresh
+    history = _indexed_history(ckpt_dir, run_fp)
+    if history is None:
+        try:
+            meta = read_weights_metadata(weights)
+        except Exception:
+            return [], {}
+        if meta.get("fingerprint") != run_fp or "history" not in meta:
+            return [], {}  # another configuration's checkpoint
+        history = json.loads(meta["history"])
     best = engine.load_checkpoint(weights)
-    return saved["history"], best
+    return history, best
+
+
+def _indexed_history(ckpt_dir: Path, run_fp: str) -> list[dict] | None:
+    try:
+        saved = json.loads((ckpt_dir / HISTORY).read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("fingerprint") != run_fp:
+        return None
+    if saved.get("weights_sha256") != file_sha256(ckpt_dir / CHECKPOINT):
+        return None
+    return saved["history"]
 
 
 def _resume(engine, ckpt_dir: Path, run_fp: str, world: World) -> tuple[list[dict], dict]:
@@ -120,9 +163,8 @@ def _save_checkpoint(
     sync: CheckpointSync | None,
 ) -> None:
     with atomic_path(ckpt_dir / CHECKPOINT) as tmp:
-        engine.save_checkpoint(
-            tmp, metadata={"epoch": str(len(history)), "fingerprint": run_fp}, extra=best
-        )
+        meta = {"epoch": str(len(history)), "fingerprint": run_fp, "history": json.dumps(history)}
+        engine.save_checkpoint(tmp, metadata=meta, extra=best)
         digest = file_sha256(tmp)
     payload = {"fingerprint": run_fp, "weights_sha256": digest, "history": history}
     with atomic_path(ckpt_dir / HISTORY) as tmp:
@@ -199,7 +241,9 @@ def train_model(
             lrs = epoch_lrs(tcfg, epoch, len(xs), history)
             t0 = time.perf_counter()
             loss_sum, count = engine.train_epoch(xs, ys, pcfg.sampling, lrs, epoch)
+            kill_point("train:epoch")  # the epoch computed, not yet recorded or checkpointed
             seconds = time.perf_counter() - t0
+            check_converging(loss_sum, count, epoch + 1, tcfg, ckpt_dir)
             row = {
                 "epoch": epoch + 1,
                 "train/perplexity": perplexity(loss_sum, count),
@@ -273,6 +317,7 @@ def train_model(
             write_weights(tmp / WEIGHTS_FILE, best, metadata=meta)
         else:
             engine.save(tmp / WEIGHTS_FILE, metadata=meta)
+        record["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)  # checked before loading
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     with atomic_dir(metrics_dir) as tmp:
         _log_metrics(tmp, history)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rnn import npyfile
-from rnn.atomic import atomic_path
+from rnn.atomic import atomic_dir
 from rnn.config import VocabConfig
 from rnn.corpus import iter_text_rows, read_provenance, read_text_rows
 from rnn.errors import PipelineError
@@ -252,9 +252,12 @@ def build_vocab(corpus: str | Path, cfg: VocabConfig, out_dir: str | Path) -> Vo
         num_tokens=num_tokens,
         dtype=str(lut.dtype),
     )
-    with atomic_path(out_dir / IDS_FILE) as ids_tmp, atomic_path(out_dir / VOCAB_FILE) as v_tmp:
-        _save_encoded(ids_tmp, counted.ids, lut, num_tokens)
-        v_tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    # one directory swap: the ids and the vocabulary that reads them are replaced together
+    with atomic_dir(out_dir) as tmp:
+        _save_encoded(tmp / IDS_FILE, counted.ids, lut, num_tokens)
+        (tmp / VOCAB_FILE).write_text(
+            json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        )
     return VocabSummary(str(out_dir), len(tokens), num_tokens, int(final_counts[0]), str(lut.dtype))
 
 

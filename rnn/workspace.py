@@ -23,8 +23,23 @@ class Workspace:
         return cls(Path(root).resolve())
 
     def resolve(self, path: str | Path) -> Path:
-        """A user-given path (a parameter, an option): relative ones are relative to ``root``."""
+        """A path from the user's own parameters or options: relative ones are relative to
+        ``root`` (and may leave it: a corpus beside the checkout is the user's choice)."""
         return self.root / path
+
+    def inside(self, path: str | Path, what: str) -> Path:
+        """``path`` resolved, which must lie in the workspace: what a flow argument or an
+        override names cannot reach the machine's other files."""
+        from rnn.errors import PipelineError
+
+        root = self.root.resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root):
+            raise PipelineError(
+                f"{what} {str(path)!r} is outside the workspace {root}",
+                "use a path inside the workspace, relative to it",
+            )
+        return target
 
     @property
     def params_file(self) -> Path:

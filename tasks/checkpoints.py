@@ -35,12 +35,21 @@ class RemoteCheckpoints:
         return self.fs.join(self.base, key, name)
 
     def push(self, key: str, ckpt_dir: Path) -> None:
+        """Publish the checkpoint; a remote that fails only costs this copy (training goes on,
+        and the local checkpoint still resumes a crash in this workspace)."""
         record = json.loads((ckpt_dir / HISTORY).read_text())
+        epochs = len(record["history"])
         weights = self._path(key, f"{record['weights_sha256']}.safetensors")
-        self.fs.makedirs(self.fs.join(self.base, key), exist_ok=True)
-        self.fs.put_file(str(ckpt_dir / CHECKPOINT), weights)
-        self.fs.pipe_file(self._path(key, HISTORY), (ckpt_dir / HISTORY).read_bytes())
-        logger.info("checkpoint at epoch %d pushed", len(record["history"]))
+        try:
+            self.fs.makedirs(self.fs.join(self.base, key), exist_ok=True)
+            self.fs.put_file(str(ckpt_dir / CHECKPOINT), weights)
+            self.fs.pipe_file(self._path(key, HISTORY), (ckpt_dir / HISTORY).read_bytes())
+        except Exception as err:  # fsspec backends raise their own errors
+            logger.warning(
+                "could not push the checkpoint at epoch %d (%s); training goes on", epochs, err
+            )
+            return
+        logger.info("checkpoint at epoch %d pushed", epochs)
 
     def fetch(self, key: str, ckpt_dir: Path) -> None:
         remote_record = self._path(key, HISTORY)
