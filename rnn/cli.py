@@ -262,7 +262,27 @@ def show_params(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app()
+    """The CLI, with click's usage errors (a bad option value, an unknown option) as one line
+    like every other error, instead of a framed block."""
+    try:  # typer 0.2x carries its own copy of click
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover - older typer on the public click
+        from click import exceptions as click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as err:
+        print(err.ctx.get_help() if err.ctx else err.format_message())
+        sys.exit(0)
+    except click.ClickException as err:
+        ctx = getattr(err, "ctx", None)
+        command = ctx.command_path if ctx is not None else "rnn"
+        message = " ".join(err.format_message().split()).rstrip(".")
+        print(f"error: {message}; fix: see `{command} --help`", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -257,11 +257,15 @@ def load_params(path: str | os.PathLike[str]) -> Params:
             "run in the project (or pass --workdir DIR, the directory with params.yaml) or pass --params PATH",
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise PipelineError(f"{path} is not valid YAML{where}", "fix the YAML syntax") from None
+    if raw is None:  # an empty file would silently mean every default (the book's corpus)
+        raise PipelineError(
+            f"{path} is empty", "write the parameters into it (the repository's params.yaml)"
+        )
     if not isinstance(raw, dict):
         raise PipelineError(f"{path} must hold a mapping of sections", "see params.yaml")
     return validate_params(raw, str(path))

@@ -84,25 +84,31 @@ class TrainSummary:
 
 def perplexity(loss_sum: float, count: int) -> float:
     mean = loss_sum / count
-    return math.exp(mean) if mean < MAX_MEAN_LOSS else math.inf
+    return math.exp(mean) if mean < MAX_EXP else math.inf
 
 
-# A mean loss this high (e^700 perplexity) only comes from weights that have blown up.
-MAX_MEAN_LOSS = 700.0
+MAX_EXP = 700.0  # math.exp overflows a float above ~709
+# Diverged: a mean loss this many times that of guessing uniformly (ln V nats per token) only
+# comes from weights that have blown up; a model at initialisation sits at about 1x.
+DIVERGED_VS_UNIFORM = 10.0
 
 
-def check_converging(loss_sum: float, count: int, epoch: int, tcfg, ckpt_dir: Path) -> None:
-    """Stop a diverging run (non-finite loss: the gradients or weights overflowed) at the epoch it
-    happened, before anything of it is saved: the last checkpoint and earlier outputs stay."""
+def check_converging(
+    loss_sum: float, count: int, epoch: int, vocab_size: int, tcfg, checkpointed: int
+) -> None:
+    """Stop a diverging run (non-finite or exploding loss: the gradients or weights overflowed)
+    at the epoch it happened, before anything of it is saved: the last checkpoint and earlier
+    outputs stay, nothing is published."""
     mean = float(loss_sum) / count
-    if math.isfinite(mean) and mean < MAX_MEAN_LOSS:
+    limit = DIVERGED_VS_UNIFORM * math.log(max(vocab_size, 2))
+    if math.isfinite(mean) and mean <= limit:
         return
-    kept = checkpoint_epochs(ckpt_dir)
+    kept = checkpointed
     clip = "" if tcfg.theta is not None else ", or set train.theta (e.g. 1.0) to clip gradients"
     raise PipelineError(
-        f"training diverged at epoch {epoch}: the mean training loss is {mean:g}; nothing of "
-        f"this run was saved or published"
-        + (f" (its checkpoint at epoch {kept} is kept)" if kept else ""),
+        f"training diverged at epoch {epoch}: the mean training loss is {mean:g} nats "
+        f"(guessing uniformly gives {math.log(max(vocab_size, 2)):.2f}); nothing of this run "
+        "was saved or published" + (f" (its checkpoint at epoch {kept} is kept)" if kept else ""),
         f"lower train.lr (now {tcfg.lr:g}){clip}, then rerun",
     )
 
@@ -225,7 +231,7 @@ def train_model(
     if checkpoint_sync is not None and writes:
         checkpoint_sync.fetch(run_fp, ckpt_dir)
     history, best = _resume(engine, ckpt_dir, run_fp, world)
-    resumed_from = len(history)
+    resumed_from = checkpointed = len(history)
     last = tcfg.epochs if epoch_budget is None else min(tcfg.epochs, resumed_from + epoch_budget)
     has_valid = len(valid_ids) >= min_tokens(1, pcfg.num_steps)
     stopped = should_stop(history, tcfg.early_stop_patience)
@@ -243,7 +249,7 @@ def train_model(
             loss_sum, count = engine.train_epoch(xs, ys, pcfg.sampling, lrs, epoch)
             kill_point("train:epoch")  # the epoch computed, not yet recorded or checkpointed
             seconds = time.perf_counter() - t0
-            check_converging(loss_sum, count, epoch + 1, tcfg, ckpt_dir)
+            check_converging(loss_sum, count, epoch + 1, len(vocab), tcfg, checkpointed)
             row = {
                 "epoch": epoch + 1,
                 "train/perplexity": perplexity(loss_sum, count),
@@ -272,6 +278,7 @@ def train_model(
                 and not stopped
             ):
                 _save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
+                checkpointed = len(history)
     wall = time.perf_counter() - started
     if not writes:
         return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)

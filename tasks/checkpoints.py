@@ -52,10 +52,16 @@ class RemoteCheckpoints:
         logger.info("checkpoint at epoch %d pushed", epochs)
 
     def fetch(self, key: str, ckpt_dir: Path) -> None:
+        """Bring the remote's checkpoint when it is further along; an unreachable remote only
+        means training starts from the local checkpoint (or afresh)."""
         remote_record = self._path(key, HISTORY)
-        if not self.fs.exists(remote_record):
+        try:
+            if not self.fs.exists(remote_record):
+                return
+            record = json.loads(self.fs.cat_file(remote_record))
+        except Exception as err:  # fsspec backends raise their own errors
+            logger.warning("could not read the remote's checkpoint (%s); not resuming from it", err)
             return
-        record = json.loads(self.fs.cat_file(remote_record))
         if len(record["history"]) <= checkpoint_epochs(ckpt_dir):
             return  # this workspace is as far along already
         try:
@@ -65,7 +71,7 @@ class RemoteCheckpoints:
                 )
                 if file_sha256(tmp) != record["weights_sha256"]:
                     raise ValueError("damaged")  # leaves the local checkpoint as it was
-        except (OSError, ValueError) as err:
+        except Exception as err:  # unreachable, or damaged (ValueError above)
             logger.warning(
                 "pushed checkpoint %s unusable (%s); not resuming from it", key[:12], err
             )
