@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,19 +167,44 @@ def test_killed_at_every_point_of_every_stage_resumes_byte_identical(tmp_path, u
     no_temporaries(ws)
 
 
-def test_dvc_repro_killed_mid_training_reruns_only_what_was_incomplete(tmp_path, tiny_repro_hashes):
+def test_dvc_repro_killed_mid_training_reruns_only_what_was_incomplete_and_holds_the_workspace(
+    tmp_path, tiny_repro_hashes
+):
+    """`dvc repro` killed in its first training; then `rnn repro` (dvc repro holding the
+    workspace) reruns only the trainings on, while a second `rnn repro` and a stage command in
+    the same workspace fail at once, naming it."""
     from .machines import model_hashes
+    from .test_bad_input import one_clear_line
 
     ws = copy_project(tmp_path / "checkout")
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {**os.environ, "PATH": path, KILL_ENV: "train:epoch@2"}
-    dvc = [*dvc_command(), "repro"]
-    first = subprocess.run(dvc, cwd=ws, env=env, capture_output=True, text=True)
+    first = subprocess.run(
+        [*dvc_command(), "repro"], cwd=ws, env=env, capture_output=True, text=True
+    )
     assert first.returncode != 0 and "train@" in first.stderr, first.stdout + first.stderr
     assert (ws / "data" / "partition" / "train.npy").is_file()  # the data stages finished
     env.pop(KILL_ENV)
-    again = subprocess.run(dvc, cwd=ws, env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-2000:]
+    rnn_repro = [sys.executable, "-m", "rnn.cli", "repro"]
+    again = subprocess.Popen(
+        rnn_repro, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lock = ws / ".rnn-workspace.lock"
+        deadline = time.monotonic() + 60
+        while "rnn repro" not in (lock.read_text() if lock.is_file() else ""):
+            assert again.poll() is None and time.monotonic() < deadline, again.communicate()
+            time.sleep(0.2)
+        started = time.monotonic()
+        second = subprocess.run(rnn_repro, cwd=ws, env=env, capture_output=True, text=True)
+        one_clear_line(second, "is in use by `rnn repro`")
+        one_clear_line(rnn(ws, "vocab"), "is in use by `rnn repro`")
+        assert time.monotonic() - started < 30  # at once, not after the first run
+        out, err = again.communicate(timeout=600)
+    finally:
+        if again.poll() is None:
+            again.kill()
+    assert again.returncode == 0, err[-2000:]
     for stage in ("ingest", "vocab", "partition"):
-        assert f"Stage '{stage}' didn't change, skipping" in again.stdout, again.stdout
+        assert f"Stage '{stage}' didn't change, skipping" in out, out
     assert model_hashes(ws) == tiny_repro_hashes
