@@ -48,6 +48,12 @@ class IngestConfig(StrictModel):
 
     @model_validator(mode="after")
     def _url_needs_checksum(self) -> IngestConfig:
+        scheme = self.source.split("://", 1)[0] if "://" in self.source else None
+        if scheme is not None and not self.is_url:
+            raise ValueError(
+                f"{scheme}:// sources are not fetched (only http:// and https://, with a pinned "
+                "checksum); download it yourself and point ingest.source at the file"
+            )
         if self.is_url and not (self.sha1 or self.sha256):
             raise ValueError(
                 "a URL source needs a pinned checksum: set ingest.sha1 or ingest.sha256"
