@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 for the downloader tests: good file, 404, stall, flaky, HTML."""
+"""A real HTTP server on 127.0.0.1 for the downloader tests: good file, 404, stall, flaky, a
+body cut short, HTML."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def make_handler(files: dict[str, bytes], hits: dict[str, int]):
                 return self._send(200, b"too late")
             if self.path == "/flaky.txt" and hits[self.path] == 1:
                 return self._send(503, b"try again")
+            if self.path.startswith("/cut") and (
+                self.path == "/cut-always.txt" or hits[self.path] == 1
+            ):
+                return self._send(200, files["/timemachine.txt"], cut=True)  # connection drops
+            if self.path.startswith("/cut"):
+                return self._send(200, files["/timemachine.txt"])
             body = files.get("/timemachine.txt" if self.path == "/flaky.txt" else self.path)
             if self.path == "/page.html":
                 return self._send(200, HTML_PAGE, "text/html")
@@ -33,13 +40,15 @@ def make_handler(files: dict[str, bytes], hits: dict[str, int]):
                 return self._send(404, b"not found")
             return self._send(200, body)
 
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain", cut=False) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             with contextlib.suppress(BrokenPipeError):  # the client may have timed out
-                self.wfile.write(body)
+                self.wfile.write(body[: len(body) // 2] if cut else body)
+            if cut:
+                self.close_connection = True
 
     return Handler
 

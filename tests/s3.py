@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from .workspace import free_port, spawn_logged, stop, tail
 BUCKET = "rnn-remote"
 S3_KEYS = {
     "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    # moto takes any key; a random one lets tests/test_pool.py search outputs for it
+    "AWS_SECRET_ACCESS_KEY": f"s3-secret-{uuid.uuid4().hex}",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 

@@ -67,6 +67,18 @@ def test_transient_failure_is_retried(tmp_path, server):
     assert hits["/flaky.txt"] == 2  # a 503, then the file
 
 
+def test_a_download_cut_short_is_retried_then_fails_clearly_leaving_nothing(tmp_path, server):
+    url, hits = server
+    c = cfg(tmp_path, f"{url}/cut-once.txt").model_copy(update={"retries": 2})
+    assert hashlib.sha1(download(c).read_bytes()).hexdigest() == TIME_MACHINE_SHA1
+    assert hits["/cut-once.txt"] == 2  # half the body and a dropped connection, then the file
+    c = cfg(tmp_path, f"{url}/cut-always.txt").model_copy(update={"retries": 1})
+    with pytest.raises(PipelineError) as err:
+        download(c)
+    assert "cut-always.txt" in err.value.one_line() and "\n" not in err.value.one_line()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if "cut-always" in p.name]
+
+
 def test_html_error_page_is_rejected_even_with_its_own_checksum(tmp_path, server):
     url, _ = server
     c = cfg(tmp_path, f"{url}/page.html", sha1=hashlib.sha1(HTML_PAGE).hexdigest())

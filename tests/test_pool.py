@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+
+from pool.postgres import Cluster
 
 from .machines import git, make_origin, model_hashes
 from .workspace import ROOT, free_port, tiny_params
@@ -64,23 +67,55 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
 class Api:
     """The test's view of the Prefect server: flow runs, their logs, deployment runs."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, auth: str | None) -> None:
+        self.url, self.auth = url, auth
+
+    @contextmanager
+    def settings(self):
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.url, PREFECT_API_AUTH_STRING: self.auth}):
+            yield
 
     @contextmanager
     def client(self):
         from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.url}), get_client(sync_client=True) as c:
+        with self.settings(), get_client(sync_client=True) as c:
             yield c
 
     def start(self, deployment: str, parameters: dict) -> str:
         from prefect.deployments import run_deployment
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.url}):
+        with self.settings():
             return str(run_deployment(deployment, parameters=parameters, timeout=0).id)
+
+    def status(self, path: str, auth: str | None) -> int:
+        """The HTTP status of a plain POST to the API, with or without the credential."""
+        import base64
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}{path}", data=b"{}", method="POST")
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Basic {base64.b64encode(auth.encode()).decode()}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    def all_runs(self) -> list:
+        with self.client() as c:
+            return c.read_flow_runs()
+
+    def final_ppl(self, run_id: str) -> str | None:
+        """The last epoch's training perplexity as logged (deterministic on CPU)."""
+        found = [
+            m.split("train ppl ")[1].split(",")[0] for m in self.logs(run_id) if "train ppl" in m
+        ]
+        return found[-1] if found else None
 
     def run(self, run_id: str):
         with self.client() as c:
@@ -158,6 +193,31 @@ def dvc_repro_hashes(origin: Path, params: dict, stage: str, base: Path, env: di
     return {k: v for k, v in model_hashes(where).items() if k.startswith("data/models/")}
 
 
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def secrets_in(home: Path, origin: Path, secrets: list[str], exclude: set[Path]) -> list[str]:
+    """Files under the stack's home (logs, every machine's workspaces and DVC caches) and git
+    objects of every ref on origin that contain one of ``secrets``."""
+    found = []
+    for path in home.rglob("*"):
+        if path.is_file() and path not in exclude and not path.is_symlink():
+            data = path.read_bytes()
+            found += [str(path) for s in secrets if s.encode() in data]
+    for secret in secrets:
+        hits = subprocess.run(
+            ["git", "--git-dir", str(origin), "log", "--all", "-p", "-S", secret, "--oneline"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        found += [f"origin: {line}" for line in hits.splitlines()[:3]]
+    return found
+
+
 def kill_machine(worker_pids: list[int]) -> list[psutil.Process]:
     """SIGKILL a machine's workers and every process under them, all at once, as it dies."""
     family = []
@@ -205,7 +265,8 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         assert pool_cli(*up, env=env)["workers"] == status["workers"]  # idempotent
         state = json.loads((home / "state.json").read_text())
         stack_pids = [state["server_pid"], *state["workers"].values()]
-        api = Api(status["api"])
+        api = Api(status["api"], state["auth_string"])
+        assert state["auth_string"] and stat.S_IMODE((home / "stack.env").stat().st_mode) == 0o600
 
         print(f"{time.strftime('%X')} stack up")
         # 1. Two pipelines at once, each fanned out over both workers.
@@ -317,6 +378,68 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         assert record["variant"] == "concise"
         evaluated = json.loads((view / "data/eval/torch-concise-rnn/eval.json").read_text())
         assert evaluated["run"] == "torch-concise-rnn"
+
+        # 4. The API wants its credential: refused without it, served with it.
+        assert api.status("/flow_runs/filter", None) == 401
+        assert api.status("/flow_runs/filter", "rnn:not-the-secret") == 401
+        assert api.status("/flow_runs/filter", state["auth_string"]) == 200
+        print(f"{time.strftime('%X')} auth checked")
+
+        # 5. The server, then the database, restarted under a pipeline that trains.
+        slow_here = {"train": {"epochs": SLOW_EPOCHS, "checkpoint_every": 10, "lr": 0.8}}
+        survivor = api.start(
+            "rnn-pipeline/pool",
+            {"params_file": "params.yaml", "backend": "torch", "variant": "scratch",
+             "overrides": slow_here},
+        )  # fmt: skip
+        wait_until(lambda: api.epochs_done(survivor) >= 10, 300, "training before the restarts")
+        os.kill(state["server_pid"], signal.SIGKILL)
+        assert pool_cli(*up, env=env)["server"]  # `pool up` starts what is not running
+        state = json.loads((home / "state.json").read_text())
+        stack_pids = [state["server_pid"], *state["workers"].values()]
+        print(f"{time.strftime('%X')} server restarted")
+        reached = api.epochs_done(survivor)
+        wait_until(lambda: api.epochs_done(survivor) > reached, 300, "training after the restart")
+        cluster = Cluster(**{**state["pg"], "data_dir": Path(state["pg"]["data_dir"])})
+        cluster.stop()
+        cluster.start()
+        print(f"{time.strftime('%X')} database restarted")
+        outcome = api.wait_final([survivor])[survivor]
+        assert outcome.state.is_completed(), (outcome.state, api.logs(survivor)[-20:])
+        print(f"{time.strftime('%X')} the pipeline survived both restarts")
+
+        # 6. A bounded soak: 20 tiny trainings queued at once over the two workers, 10 learning
+        #    rates twice each; every one completes, with the same result as its twin only.
+        rates = [round(0.5 + 0.1 * i, 1) for i in range(10)] * 2
+        soak = {}
+        for lr in rates:
+            params = tiny_params(lr)
+            soak.setdefault(lr, []).append(
+                api.start(
+                    "rnn-train/default",
+                    {"backend": "torch", "variant": "scratch", "model": "rnn", "params": params},
+                )
+            )
+        ids = [i for pair in soak.values() for i in pair]
+        finals = api.wait_final(ids)
+        assert all(r.state.is_completed() for r in finals.values()), {
+            i: r.state for i, r in finals.items() if not r.state.is_completed()
+        }
+        results = {lr: {api.final_ppl(i) for i in pair} for lr, pair in soak.items()}
+        assert all(len(ppl) == 1 and None not in ppl for ppl in results.values()), results
+        assert len({next(iter(ppl)) for ppl in results.values()}) == len(results)  # all differ
+        assert {api.machine_of(i) for i in ids} == {"worker-1", "worker-2"}
+        assert not [r for r in api.all_runs() if not r.state.is_final()]  # none left running
+        print(f"{time.strftime('%X')} soak of {len(ids)} runs done")
+
+        # 7. Secrets (the API credential, the S3 secret key) are in no output anywhere.
+        secrets_ = [state["auth_string"], s3_remote["AWS_SECRET_ACCESS_KEY"]]
+        leaks = secrets_in(
+            home, origin, secrets_, exclude={home / "state.json", home / "stack.env"}
+        )
+        assert not leaks, leaks
+        for run_id in [survivor, *ids[:2]]:
+            assert not [m for m in api.logs(run_id) if any(x in m for x in secrets_)]
     finally:
         saved = home / "state.json"
         pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None
