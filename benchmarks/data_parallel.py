@@ -69,7 +69,7 @@ def worker(args: argparse.Namespace) -> None:
         import rnn.torch.distributed as tdist
         import rnn.torch.train as ttrain
 
-        world = ttrain.join_world("cpu")
+        world = ttrain.join_world(args.device)  # gloo on CPU, NCCL on CUDA
         reduce = tdist.all_reduce_gradients
         spent = [0.0]
 
@@ -88,6 +88,7 @@ def worker(args: argparse.Namespace) -> None:
         spec["hiddens"],
         cell=spec["cell"],
         threads=args.threads,
+        device=args.device,
         world=world,
     )
     rows = []
@@ -114,7 +115,18 @@ def worker(args: argparse.Namespace) -> None:
     world.close()
 
 
-def measure(model: str, ids: Path, vocab: int, procs: int, cores: int, epochs: int) -> dict:
+def measure(
+    model: str,
+    ids: Path,
+    vocab: int,
+    procs: int,
+    cores: int,
+    epochs: int,
+    device: str = "cpu",
+    launch: bool = False,
+) -> dict:
+    """``launch``: start even one process through torchrun (the distributed path: NCCL on a
+    GPU), not plain."""
     args = [
         str(Path(__file__).resolve()),
         "--worker",
@@ -128,8 +140,10 @@ def measure(model: str, ids: Path, vocab: int, procs: int, cores: int, epochs: i
         str(epochs),
         "--threads",
         str(cores // procs),
+        "--device",
+        device,
     ]
-    if procs == 1:
+    if procs == 1 and not launch:
         cmd = [sys.executable, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
@@ -153,6 +167,7 @@ def main() -> None:
     ap.add_argument("--ids", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)

@@ -18,7 +18,7 @@ import yaml
 
 from rnn.record import read_weights
 from tests.dp_cases import CASES, Case, train_case
-from tests.workspace import ROOT, copy_project, tiny_params
+from tests.workspace import ROOT, copy_project, free_port, tiny_params
 
 TOLERANCE = 1e-5
 
@@ -195,3 +195,37 @@ def test_batch_rows_must_split_evenly(tmp_path: Path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: invalid parameters")
     assert "multiple" in proc.stderr
+
+
+def test_two_machines_meet_through_a_c10d_rendezvous(tmp_path: Path):
+    """`torchrun --nnodes 2` by hand on two "machines" (directories of their own, each with its
+    own copy of the data), meeting at a c10d rendezvous on 127.0.0.1: whichever becomes rank 0
+    writes the model, equal to one process's."""
+    one = workspace(tmp_path / "one", data_parallel=1)
+    assert rnn(one, "train", "-b", "torch", "-v", "scratch").returncode == 0
+    machines = [workspace(tmp_path / f"machine-{i}", data_parallel=2) for i in range(2)]
+    endpoint = f"127.0.0.1:{free_port()}"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+              "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+              "--rdzv-id", "rnn-two-machines", "-m", "rnn.cli", "train", "-b", "torch",
+              "-v", "scratch"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ranks = [
+        subprocess.Popen(
+            [*launch, "--workdir", str(machine)],
+            cwd=machine,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for machine in machines
+    ]
+    outputs = [p.communicate(timeout=300) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    written = [m for m in machines if (m / "data/models/torch-scratch-rnn").is_dir()]
+    assert len(written) == 1  # only rank 0 writes
+    record = json.loads((written[0] / "data/models/torch-scratch-rnn/run.json").read_text())
+    assert record["data_parallel"] == {"world_size": 2, "comm": "gloo"}
+    assert largest_difference(weights(one), weights(written[0])) <= TOLERANCE
+    assert processes_under(tmp_path) == []

@@ -386,14 +386,16 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         print(f"{time.strftime('%X')} auth checked")
 
         # 5. The server, then the database, restarted under a pipeline that trains.
-        slow_here = {"train": {"epochs": SLOW_EPOCHS, "checkpoint_every": 10, "lr": 0.8}}
+        # trained inside the pipeline's own flow run (not fanned out), long enough (~2 min)
+        # to outlast both restarts
+        slow_here = {"train": {"epochs": 4 * SLOW_EPOCHS, "checkpoint_every": 20, "lr": 0.8}}
         survivor = api.start(
             "rnn-pipeline/pool",
             {"params_file": "params.yaml", "backend": "torch", "variant": "scratch",
-             "overrides": slow_here},
+             "fan_out": False, "overrides": slow_here},
         )  # fmt: skip
         wait_until(lambda: api.epochs_done(survivor) >= 10, 300, "training before the restarts")
-        os.kill(state["server_pid"], signal.SIGKILL)
+        assert not kill_machine([state["server_pid"]])  # the server and its children
         assert pool_cli(*up, env=env)["server"]  # `pool up` starts what is not running
         state = json.loads((home / "state.json").read_text())
         stack_pids = [state["server_pid"], *state["workers"].values()]
