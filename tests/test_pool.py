@@ -423,7 +423,7 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         # 6. A bounded soak: 12 tiny trainings queued at once over the two workers, 6 learning
         #    rates twice each; every one completes, with its twin's result only (a twin that
         #    starts after the other finished restores it from the run-cache instead of training).
-        rates = [round(0.5 + 0.1 * i, 1) for i in range(6)] * 2
+        rates = [round(0.55 + 0.1 * i, 2) for i in range(6)] * 2  # none trained before
         soak = {}
         for lr in rates:
             params = tiny_params(lr)
