@@ -77,6 +77,7 @@ def load_state(home: Path) -> State | None:
         raw.get("pg"),
         raw.get("server_pid"),
         raw.get("workers", {}),
+        raw.get("worker_settings", ""),  # without it every `up` restarted the running workers
         auth_string=raw.get("auth_string"),
     )
 
@@ -344,6 +345,9 @@ def worker_env(state: State, machine: Path) -> dict[str, str]:
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(s.heartbeat_s),
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_WORKER_PREFETCH_SECONDS="2",
+        # ride out a database restart: the server answers 500 while it reconnects, and a
+        # state report or log write that gives up fails a healthy run
+        PREFECT_CLIENT_RETRY_EXTRA_CODES="500",
         RNN_MACHINE=machine.name,  # named in the train runs' results and logs
         # the local workers share this machine's cores; on a machine of its own, a worker's
         # trainings share that machine's: cores / slots

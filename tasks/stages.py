@@ -77,26 +77,44 @@ def partition_task(workdir: str, params: dict, reuse: bool = False) -> dict:
 
 
 class EpochReporter:
-    """Per-epoch log lines in the flow run's logs and a Prefect progress artifact (percent)."""
+    """Per-epoch log lines in the flow run's logs and a Prefect progress artifact (percent).
+    The artifact is a courtesy: while the API is unreachable (a server or database restart)
+    training goes on without it."""
 
     def __init__(self, run: str) -> None:
-        from prefect.artifacts import create_progress_artifact
-
         self.logger = get_run_logger()
         self.last_update = 0.0
+        self.artifact = None
+        self._try(self._create, run)
+
+    def _create(self, run: str) -> None:
+        from prefect.artifacts import create_progress_artifact
+
         self.artifact = create_progress_artifact(
             0.0, key=f"train-{run}", description=f"training {run}: epochs done, percent"
         )
 
-    def __call__(self, run: str, row: dict, total: int) -> None:
+    def _update(self, percent: float) -> None:
         from prefect.artifacts import update_progress_artifact
 
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, percent)
+
+    def _try(self, call, *args) -> None:
+        import httpx
+
+        try:
+            call(*args)
+        except httpx.HTTPError as err:  # PrefectHTTPStatusError and transport errors alike
+            self.logger.warning(f"progress artifact not updated (training goes on): {err}")
+
+    def __call__(self, run: str, row: dict, total: int) -> None:
         from rnn.progress import epoch_line
 
         self.logger.info(epoch_line(run, row, total))
         now = time.monotonic()
         if row["epoch"] == total or now - self.last_update >= PROGRESS_EVERY_S:
-            update_progress_artifact(self.artifact, 100.0 * row["epoch"] / total)
+            self._try(self._update, 100.0 * row["epoch"] / total)
             self.last_update = now
 
 
