@@ -1,6 +1,7 @@
 """Data-parallel training against one process, at the same global batch, side by side in one
 invocation: tokens/s of one process with ``--cores`` threads against ``--cores`` processes of one
-thread each (torchrun, gloo), and the share of each step the gradient all-reduce takes.
+thread each (torchrun, gloo), the share of each step the gradient all-reduce takes, and the
+same processes with the all-reduce skipped: the bound no way of communicating can beat.
 
 Two models, both on the full canonical text (The Time Machine) with the book's batch of 32 x 35,
 sequential partitioning, SGD lr 1, theta 1:
@@ -78,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
             reduce(params)
             spent[0] += time.perf_counter() - t0
 
-        tdist.all_reduce_gradients = timed
+        tdist.all_reduce_gradients = (lambda params: None) if args.no_comm else timed
     spec = MODELS[args.model]
     ids = np.load(args.ids)
     engine = make_engine(
@@ -124,9 +125,11 @@ def measure(
     epochs: int,
     device: str = "cpu",
     launch: bool = False,
+    no_comm: bool = False,
 ) -> dict:
     """``launch``: start even one process through torchrun (the distributed path: NCCL on a
-    GPU), not plain."""
+    GPU), not plain. ``no_comm``: the ranks skip the gradient all-reduce (their weights drift
+    apart): the speed data parallelism would have if communication were free."""
     args = [
         str(Path(__file__).resolve()),
         "--worker",
@@ -142,6 +145,7 @@ def measure(
         str(cores // procs),
         "--device",
         device,
+        *(["--no-comm"] if no_comm else []),
     ]
     if procs == 1 and not launch:
         cmd = [sys.executable, *args]
@@ -168,6 +172,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    ap.add_argument("--no-comm", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -176,18 +181,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rnn-dpbench-") as tmp:
         for model in args.models:
             ids, vocab = build_data(model, Path(tmp) / model)
-            runs: dict[int, list[dict]] = {1: [], args.cores: []}
+            runs: dict[str, list[dict]] = {"one": [], "many": [], "free": []}
             for _ in range(args.repeats):
-                for procs in runs:
-                    runs[procs].append(measure(model, ids, vocab, procs, args.cores, args.epochs))
-                    print(model, procs, "processes:", runs[procs][-1], flush=True)
-            one = statistics.median(r["tokens_per_s"] for r in runs[1])
-            many = statistics.median(r["tokens_per_s"] for r in runs[args.cores])
+                for kind in runs:
+                    procs = 1 if kind == "one" else args.cores
+                    runs[kind].append(
+                        measure(
+                            model,
+                            ids,
+                            vocab,
+                            procs,
+                            args.cores,
+                            args.epochs,
+                            no_comm=kind == "free",
+                        )
+                    )
+                    print(model, kind, procs, "processes:", runs[kind][-1], flush=True)
+            one, many, free = (statistics.median(r["tokens_per_s"] for r in runs[k]) for k in runs)
             report["models"][model] = {
                 "vocab": vocab,
                 "one_process_tokens_per_s": round(one),
                 f"{args.cores}_processes_tokens_per_s": round(many),
                 "ratio": round(many / one, 3),
+                # the same processes without the all-reduce: what no communication scheme beats
+                "ratio_if_communication_were_free": round(free / one, 3),
                 "comm_share": round(
                     statistics.median(r["comm_share"] for r in runs[args.cores]), 3
                 ),

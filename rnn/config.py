@@ -176,6 +176,10 @@ class TrainConfig(StrictModel):
     # (rnn/distributed.py): torchrun for PyTorch, tf.distribute for TensorFlow; 1 = one process.
     # The maths is the global batch's, but sums round in another order, so dvc.yaml lists it.
     data_parallel: PositiveInt = 1
+    # TensorFlow only: ``processes`` (MultiWorkerMirroredStrategy, one process per replica) or
+    # ``devices`` (MirroredStrategy in one process, one replica per GPU or per logical CPU device).
+    # PyTorch always runs a process per replica (torchrun).
+    data_parallel_over: Literal["processes", "devices"] = "processes"
 
     @property
     def uses_validation(self) -> bool:

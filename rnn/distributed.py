@@ -25,6 +25,8 @@ from rnn.errors import PipelineError
 # Set by the launcher (rnn/launch.py) for the processes it starts: it holds the workspace lock
 # for them, and reads their events.
 LAUNCHER_ENV = "RNN_DP_LAUNCHER"
+# The replicas of a one-process MirroredStrategy run (TensorFlow over devices, rnn/tf/distributed.py).
+TF_DEVICES_ENV = "RNN_TF_DEVICES"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,14 @@ class World:
 
     rank: int = 0
     size: int = 1
-    comm: str = "none"  # the collectives' backend: gloo, nccl (PyTorch), ring, auto (TensorFlow)
+    # the collectives' backend: gloo, nccl (PyTorch); ring (TensorFlow across processes), mirrored
+    # (TensorFlow across one process's devices)
+    comm: str = "none"
+
+    @property
+    def local_replicas(self) -> int:
+        """Replicas this process trains: one, or one per device (TensorFlow's MirroredStrategy)."""
+        return 1
 
     @property
     def is_root(self) -> bool:
@@ -74,7 +83,7 @@ def shard_rows(minibatches: np.ndarray, world: World) -> np.ndarray:
 def launched_world_size() -> int | None:
     """The world size a launcher (torchrun, or the TensorFlow worker launch) gave this process;
     None outside one."""
-    size = os.environ.get("WORLD_SIZE")
+    size = os.environ.get("WORLD_SIZE") or os.environ.get(TF_DEVICES_ENV)
     if size is None and "TF_CONFIG" in os.environ:
         import json
 

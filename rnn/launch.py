@@ -3,7 +3,9 @@
 ``train.data_parallel: N`` makes the train stage (the CLI that ``dvc.yaml`` calls, and the
 Prefect task) launch N processes with the framework's own launcher: ``torchrun --standalone``
 for PyTorch (``python -m torch.distributed.run``, so the project's interpreter runs it), and N
-``rnn train`` processes with a ``TF_CONFIG`` each for TensorFlow's MultiWorkerMirroredStrategy.
+``rnn train`` processes with a ``TF_CONFIG`` each for TensorFlow's MultiWorkerMirroredStrategy,
+or (``train.data_parallel_over: devices``) one ``rnn train`` process whose MirroredStrategy
+holds the N replicas, one per device.
 Every rank runs ``rnn train`` (``train_as_rank``); rank 0 writes the outputs and reports each
 epoch, each checkpoint and its summary as JSON lines in an events file, which the launcher turns
 into the caller's progress lines, checkpoint pushes and return value. The launcher holds the
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from rnn.distributed import LAUNCHER_ENV, World, launched_world_size
+from rnn.distributed import LAUNCHER_ENV, TF_DEVICES_ENV, World, launched_world_size
 from rnn.engine import THREADS_ENV, backend_module, resolve_threads
 from rnn.errors import PipelineError
 from rnn.registry import RunKey
@@ -108,9 +110,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank_commands(backend: str, size: int, args: list[str]) -> list[tuple[list[str], dict]]:
+def rank_commands(
+    backend: str, size: int, args: list[str], over_devices: bool = False
+) -> list[tuple[list[str], dict]]:
     """The processes to start, each with its extra environment: one torchrun (which starts the
-    ranks), or one process per TensorFlow worker."""
+    ranks), one process per TensorFlow worker, or (``over_devices``) one TensorFlow process
+    with a replica per device."""
+    if backend == "tf" and over_devices:
+        return [([sys.executable, "-m", "rnn.cli", *args], {TF_DEVICES_ENV: str(size)})]
     if backend == "torch":
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
         return [([*torchrun, f"--nproc-per-node={size}", "-m", "rnn.cli", *args], {})]
@@ -168,7 +175,9 @@ def train_data_parallel(
     from rnn.train import TrainSummary, run_identity
 
     size = params.train.data_parallel
-    threads = rank_threads(params, size)
+    over_devices = run.backend == "tf" and params.train.data_parallel_over == "devices"
+    # one MirroredStrategy process trains every replica: it gets all the ranks' threads
+    threads = rank_threads(params, size) * (size if over_devices else 1)
     ranked = params.model_copy(
         update={"train": params.train.model_copy(update={"threads": threads})}
     )
@@ -191,7 +200,9 @@ def train_data_parallel(
             args += ["--epoch-budget", str(epoch_budget)]
         env = {**os.environ, LAUNCHER_ENV: str(os.getpid()), "OMP_NUM_THREADS": str(threads)}
         reader = EventReader(events, ws.checkpoint(run), on_epoch, checkpoint_sync)
-        returncode, log = _run_ranks(rank_commands(run.backend, size, args), env, ws, reader, tmp)
+        returncode, log = _run_ranks(
+            rank_commands(run.backend, size, args, over_devices), env, ws, reader, tmp
+        )
         if returncode != 0:
             raise error_from_log(log, returncode)
     if reader.summary is None:

@@ -351,7 +351,14 @@ def run_identity(
         # threads changes only the speed (rnn/engine.py resolve_threads); data parallelism runs
         # the same maths, rounded in another order (rnn/distributed.py): neither is recorded here
         "train": tcfg.model_dump(
-            exclude={"backends", "variants", "models", "threads", "data_parallel"}
+            exclude={
+                "backends",
+                "variants",
+                "models",
+                "threads",
+                "data_parallel",
+                "data_parallel_over",
+            }
         ),
         "model": params.model(run.model).model_dump(),
     }

@@ -1,5 +1,6 @@
-"""Data-parallel training (issue 14): two processes under torchrun (gloo) train the weights one
-process trains at the same global batch, to rounding; a planted mistake (clipping before the
+"""Data-parallel training (issue 14): two processes under torchrun (gloo), two TensorFlow
+MultiWorkerMirroredStrategy processes, and one TensorFlow process mirrored over two logical CPU
+devices each train the weights one process trains at the same global batch, to rounding; a planted mistake (clipping before the
 reduce, rows handed to the wrong rank) breaks that; `rnn train` with train.data_parallel: 2
 launches the ranks itself, records how it trained, resumes from a single-process checkpoint, and
 leaves no process behind."""
@@ -67,12 +68,25 @@ def tf_workers(*args: str, workers: int = 2) -> list[subprocess.CompletedProcess
     return results
 
 
-@pytest.fixture(scope="module", params=["torch", "tf"])
+def tf_devices(*args: str, replicas: int = 2) -> subprocess.CompletedProcess:
+    """One process whose MirroredStrategy holds ``replicas`` logical CPU devices."""
+    env = {**os.environ, "RNN_TF_DEVICES": str(replicas), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+# torchrun's two processes; TensorFlow's two MultiWorkerMirroredStrategy processes; one
+# TensorFlow process with a MirroredStrategy over two logical CPU devices.
+@pytest.fixture(scope="module", params=["torch", "tf", "tf-mirrored"])
 def two_rank_weights(request, tmp_path_factory) -> tuple[str, Path]:
-    backend = request.param
-    out = tmp_path_factory.mktemp(f"dp-{backend}")
+    backend = request.param.removesuffix("-mirrored")
+    out = tmp_path_factory.mktemp(f"dp-{request.param}")
     args = ("tests/dp_worker.py", str(out), "--backend", backend)
-    procs = [torchrun(*args)] if backend == "torch" else tf_workers(*args)
+    if request.param == "tf-mirrored":
+        procs = [tf_devices(*args)]
+    else:
+        procs = [torchrun(*args)] if backend == "torch" else tf_workers(*args)
     for proc in procs:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return backend, out
@@ -115,9 +129,14 @@ def rnn(ws: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def workspace(base: Path, data_parallel: int, epochs: int = 3) -> Path:
+def workspace(base: Path, data_parallel: int, epochs: int = 3, over: str = "processes") -> Path:
     params = tiny_params()
-    params["train"].update(epochs=epochs, data_parallel=data_parallel, checkpoint_every=1)
+    params["train"].update(
+        epochs=epochs,
+        data_parallel=data_parallel,
+        data_parallel_over=over,
+        checkpoint_every=1,
+    )
     params["models"]["rnn"]["cell"] = "gru"
     ws = copy_project(base, params, git=False)
     for stage in ("ingest", "vocab", "partition"):
@@ -142,15 +161,21 @@ def processes_under(path: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     ("backend", "variant", "comm"),
-    [("torch", "scratch", "gloo"), ("torch", "concise", "gloo"), ("tf", "concise", "ring")],
+    [
+        ("torch", "scratch", "gloo"),
+        ("torch", "concise", "gloo"),
+        ("tf", "concise", "ring"),
+        ("tf", "scratch", "mirrored"),  # train.data_parallel_over: devices
+    ],
 )
 def test_rnn_train_launches_the_ranks_and_resumes_a_single_process_checkpoint(
     tmp_path: Path, backend: str, variant: str, comm: str
 ):
     run = f"{backend}-{variant}-rnn"
-    one = workspace(tmp_path / "one", data_parallel=1)
+    over = "devices" if comm == "mirrored" else "processes"
+    one = workspace(tmp_path / "one", data_parallel=1, over=over)
     assert rnn(one, "train", "-b", backend, "-v", variant).returncode == 0
-    two = workspace(tmp_path / "two", data_parallel=2)
+    two = workspace(tmp_path / "two", data_parallel=2, over=over)
     proc = rnn(two, "train", "-b", backend, "-v", variant)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -163,7 +188,7 @@ def test_rnn_train_launches_the_ranks_and_resumes_a_single_process_checkpoint(
     )
     assert largest_difference(weights(one, run), weights(two, run)) <= TOLERANCE
     # One epoch in one process, one in two, the last in one: each resumes the one before.
-    mixed = workspace(tmp_path / "mixed", data_parallel=1)
+    mixed = workspace(tmp_path / "mixed", data_parallel=1, over=over)
     for size in (1, 2, 1):
         set_data_parallel(mixed, size)
         proc = rnn(mixed, "train", "-b", backend, "-v", variant, "--epoch-budget", "1")

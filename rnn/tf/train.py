@@ -11,6 +11,8 @@ frameworks take the same steps (tests/test_optim.py).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -134,6 +136,18 @@ class Optimizer:
             var.assign_sub(step_size * (m / (tf.sqrt(v) / correction2_sqrt + cfg.eps)))
 
 
+@dataclass
+class Replica:
+    """One copy of the model with its variables and optimiser, on one device."""
+
+    model: Any
+    variables: list[tf.Variable]
+    optimizer: Optimizer
+
+    def parts(self) -> tuple[Any, list[tf.Variable], Optimizer]:
+        return self.model, self.variables, self.optimizer
+
+
 class Engine:
     def __init__(
         self,
@@ -159,20 +173,31 @@ class Engine:
         if self.device == "/CPU:0":
             keep_freed_memory()
         tf.random.set_seed(seed)
-        with tf.device(self.device):
-            self.model = MODELS[variant](
-                vocab_size,
-                num_hiddens,
-                seed=seed,
-                cell=cell,
-                num_layers=num_layers,
-                dropout=dropout,
-            )
-            self.model.mask_shard = (world.rank, world.size)
-            self.variables = self.model.ordered_variables
-            self.optimizer = Optimizer(
-                self.variables, self.model.weight_matrices, optimizer or OptimizerConfig()
-            )
+        # One model per replica this process trains (several under MirroredStrategy, each on
+        # its device); replica 0's is the model that evaluates, generates and is saved.
+        devices = getattr(world, "devices", ()) or (self.device,)
+        self.replicas: list[Replica] = []
+        for r, where in enumerate(devices):
+            with tf.device(where):
+                model = MODELS[variant](
+                    vocab_size,
+                    num_hiddens,
+                    seed=seed,
+                    cell=cell,
+                    num_layers=num_layers,
+                    dropout=dropout,
+                )
+                model.mask_shard = (world.rank * world.local_replicas + r, world.size)
+                variables = model.ordered_variables
+                self.replicas.append(
+                    Replica(
+                        model,
+                        variables,
+                        Optimizer(variables, model.weight_matrices, optimizer or OptimizerConfig()),
+                    )
+                )
+        self.model, self.variables, self.optimizer = self.replicas[0].parts()
+        self._sync_replicas()
         # XLA cannot compile the strategy's collectives: a data-parallel epoch runs as a graph
         self.jit = use_jit(variant) and world.size == 1
         self.lr, self.theta, self.seed = lr, theta, seed
@@ -181,18 +206,32 @@ class Engine:
         self._eval_fn = tf.function(self._eval_graph, reduce_retracing=True)
         self._step_fn = tf.function(self.model.__call__)
 
-    def train_step(self, X: tf.Tensor, Y: tf.Tensor, state, lr: tf.Tensor, seed=None):
+    def _sync_replicas(self) -> None:
+        """Every replica's variables and optimiser slots set to replica 0's (after a load)."""
+        first = self.replicas[0]
+        for other in self.replicas[1:]:
+            for mine, theirs in zip(
+                [*other.variables, *other.optimizer.slots],
+                [*first.variables, *first.optimizer.slots],
+                strict=True,
+            ):
+                mine.assign(theirs)
+
+    def train_step(
+        self, X: tf.Tensor, Y: tf.Tensor, state, lr: tf.Tensor, seed=None, replica: int = 0
+    ):
+        model, variables, optimizer = self.replicas[replica].parts()
         with tf.GradientTape() as tape:
-            logits, state = self.model(X, state, seed)
+            logits, state = model(X, state, seed)
             loss = mean_cross_entropy(logits, Y) / self.world.size  # a share of the global mean
         # The gather's gradient is sparse (IndexedSlices); the update wants dense tensors.
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
         if self.world.size > 1:  # the global batch's gradient, before clipping (rnn/distributed.py)
             context = tf.distribute.get_replica_context()
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         if self.theta is not None:  # g * theta / max(||g||, theta)
             grads, _ = tf.clip_by_global_norm(grads, self.theta)
-        self.optimizer.apply(grads, lr)
+        optimizer.apply(grads, lr)
         return loss, [tf.stop_gradient(s) for s in state]
 
     def _epoch_graph(
@@ -226,8 +265,23 @@ class Engine:
         if self.world.size == 1:
             return self.train_step(X, Y, state, lr, seed)
         strategy = self.world.strategy  # type: ignore[attr-defined]
-        out = strategy.run(self.train_step, args=(X, Y, state, lr, seed))
-        return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], out)
+        if len(self.replicas) == 1:  # one replica in this process
+            out = strategy.run(self.train_step, args=(X, Y, state, lr, seed))
+            return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], out)
+        share = X.shape[0] // len(self.replicas)
+
+        def replica_step(X, Y, state, lr, seed):  # replica r: its block of the rows and state
+            context = tf.distribute.get_replica_context()
+            r = int(tf.get_static_value(context.replica_id_in_sync_group))
+            rows = slice(r * share, (r + 1) * share)
+            mine = [s[:, rows] for s in state]  # state: (layers, batch, hiddens)
+            return self.train_step(X[rows], Y[rows], mine, lr, seed, replica=r)
+
+        losses, states = strategy.run(replica_step, args=(X, Y, state, lr, seed))
+        states = strategy.experimental_local_results(states)
+        with tf.device(self.device):
+            loss = tf.add_n(list(strategy.experimental_local_results(losses)))
+            return loss, [tf.concat(parts, axis=1) for parts in zip(*states, strict=True)]
 
     def train_epoch(
         self,
@@ -305,6 +359,7 @@ class Engine:
 
     def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None:
         self.model.load_canonical_weights({k: np.asarray(v) for k, v in weights.items()})
+        self._sync_replicas()
 
     def save(self, path, metadata: dict[str, str] | None = None) -> None:
         """The model file: canonical weights only (rnn/canonical.py)."""
@@ -329,4 +384,5 @@ class Engine:
             v.assign(arrays[f"model.{i}"])
         for i, v in enumerate(self.optimizer.slots):
             v.assign(arrays[f"optimizer.{i}"])
+        self._sync_replicas()
         return {k.removeprefix("extra."): v for k, v in arrays.items() if k.startswith("extra.")}
