@@ -334,6 +334,17 @@ def machine_workers(settings: Settings, machine: str) -> dict[str, list[str]]:
     }
 
 
+def machine_dir(home: Path, name: str) -> Path:
+    """A worker machine's directory, this user's only: Prefect's process worker keeps each job's
+    environment (the API credential included) in its scratch directory under ``tmp/``."""
+    machine = home / "machines" / name
+    for sub in ("home", "tmp"):
+        (machine / sub).mkdir(parents=True, exist_ok=True)
+    for path in (machine, machine / "home", machine / "tmp"):
+        path.chmod(0o700)
+    return machine
+
+
 def worker_env(state: State, machine: Path) -> dict[str, str]:
     s = state.settings
     env = base_env(state)
@@ -374,9 +385,7 @@ def ensure_workers(home: Path, state: State) -> None:
         state.worker_settings = wanted
     wanted_names = set()
     for i in range(1, s.workers + 1):
-        machine = home / "machines" / f"worker-{i}"
-        for sub in ("home", "tmp"):
-            (machine / sub).mkdir(parents=True, exist_ok=True)
+        machine = machine_dir(home, f"worker-{i}")
         for name, cmd in machine_workers(s, machine.name).items():
             wanted_names.add(name)
             if not alive(state.workers.get(name)):

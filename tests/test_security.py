@@ -94,3 +94,15 @@ def test_a_flow_argument_cannot_leave_the_workspace(harness, tmp_path, arguments
         state.result()
     assert says in str(err.value)
     assert not (repo / "data" / "corpus.parquet").exists()
+
+
+def test_a_worker_machine_directory_is_private(tmp_path):
+    """Prefect's process worker writes each job's environment, the API credential included, to
+    its scratch directory: the stack keeps the machine's directories to this user."""
+    import stat
+
+    from pool.stack import machine_dir
+
+    machine = machine_dir(tmp_path / "stack", "worker-1")
+    for path in (machine, machine / "home", machine / "tmp"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
