@@ -201,17 +201,21 @@ def test_every_cell_through_dvc_repro_and_the_flow(harness, repo):
 
 def test_data_parallel_through_dvc_repro_and_the_flow(harness, repo):
     """train.data_parallel: 2: `dvc repro`'s train stages and the flow's train tasks each launch
-    two torchrun ranks; the records say so, and `dvc repro` after the flow has nothing to do."""
+    two ranks (torchrun's, TensorFlow's MultiWorkerMirroredStrategy workers); the records say
+    so, and `dvc repro` after the flow has nothing to do."""
     params = tiny_params()
-    params["train"].update(backends=["torch"], data_parallel=2)
+    params["train"].update(backends=["torch", "tf"], variants=["scratch"], data_parallel=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("dvc", "repro", cwd=repo)
-    runs = ["torch-scratch-rnn", "torch-concise-rnn"]
+    runs = ["torch-scratch-rnn", "tf-scratch-rnn"]
 
     def records() -> list[dict]:
         return [json.loads((repo / "data/models" / r / "run.json").read_text()) for r in runs]
 
-    assert all(r["data_parallel"] == {"world_size": 2, "comm": "gloo"} for r in records())
+    assert [r["data_parallel"] for r in records()] == [
+        {"world_size": 2, "comm": "gloo"},
+        {"world_size": 2, "comm": "ring"},
+    ]
     params["train"]["lr"] = 0.5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_flow(repo, harness)
