@@ -205,9 +205,7 @@ def main() -> None:
                 "ratio": round(many / one, 3),
                 # the same processes without the all-reduce: what no communication scheme beats
                 "ratio_if_communication_were_free": round(free / one, 3),
-                "comm_share": round(
-                    statistics.median(r["comm_share"] for r in runs["many"]), 3
-                ),
+                "comm_share": round(statistics.median(r["comm_share"] for r in runs["many"]), 3),
             }
     print(json.dumps(report, indent=1))
     if args.json:
