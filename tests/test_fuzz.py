@@ -7,6 +7,7 @@ are fuzzed in test_vocab.py and test_partition.py.)"""
 from __future__ import annotations
 
 import codecs
+import re
 from pathlib import Path
 
 import pytest
@@ -151,5 +152,7 @@ def test_generation_extends_any_prefix_or_names_what_is_wrong(
         assert "\n" not in err.one_line()
         assert not prefix or set(prefix) - set(vocab.tokens), err  # refused only for a reason
         return
-    assert text.startswith(prefix) and len(text) == len(prefix) + num_preds
-    assert set(text) <= set(vocab.tokens[1:])
+    assert text.startswith(prefix)
+    # the book's generation may emit <unk> (an untrained model often does): one token, 5 chars
+    emitted = re.findall(r"<unk>|.", text[len(prefix) :], flags=re.DOTALL)
+    assert len(emitted) == num_preds and set(emitted) <= set(vocab.tokens)
