@@ -114,6 +114,11 @@ class ModelConfig(StrictModel):
     # Dropout on each layer's output (between stacked layers and before the output layer) while
     # training; 0 = none (the book's).
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # How weights start: ``default`` is each implementation's own (scratch: the book's N(0, 0.01)
+    # and zero biases; concise: the framework's, uniform +-1/sqrt(H) in PyTorch, Glorot and
+    # orthogonal in Keras); ``uniform`` draws every weight and bias from PyTorch's
+    # U(-1/sqrt(H), 1/sqrt(H)) in every implementation, so the frameworks start alike.
+    init: Literal["default", "uniform"] = "default"
 
     def hiddens(self, variant: str) -> int:
         if isinstance(self.num_hiddens, int):

@@ -168,6 +168,29 @@ def test_shapes_and_canonical_names(backend, variant, cell):
     assert set(e.canonical_weights()) == expected_names(cell, 2, recurrent_bias)
 
 
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize("variant", ["scratch", "concise"])
+def test_uniform_init_draws_every_weight_and_bias_from_pytorchs_range(backend, variant):
+    """``init: uniform``: U(-1/sqrt(H), 1/sqrt(H)) everywhere (biases too), seeded; ``default``
+    keeps each implementation's own (the book's N(0, 0.01) and zero biases, Keras' Glorot)."""
+    hiddens, bound = 64, 64**-0.5
+
+    def stored(**kw) -> list[np.ndarray]:  # as the framework holds them (not canonical sums)
+        e = engine(backend, variant, hiddens=hiddens, cell="lstm", num_layers=2, **kw)
+        held = e.params if backend == "torch" else e.variables
+        return [np.asarray(v.detach() if backend == "torch" else v) for v in held]
+
+    uniform = stored(init="uniform")
+    values = np.concatenate([w.ravel() for w in uniform])
+    assert np.abs(values).max() <= bound
+    assert abs(values.std() - bound / 3**0.5) < 0.02 * bound  # a uniform's standard deviation
+    assert all(np.abs(w).max() > bound / 2 for w in uniform)  # biases drawn too
+    assert all(np.array_equal(a, b) for a, b in zip(uniform, stored(init="uniform"), strict=True))
+    if not (backend == "torch" and variant == "concise"):  # there default is uniform already
+        output_layer = stored()[-2]
+        assert abs(output_layer.std() - bound / 3**0.5) > 0.2 * bound
+
+
 @pytest.mark.parametrize("cell", CELL_NAMES)
 @pytest.mark.parametrize("layers", LAYERS)
 def test_torch_scratch_equals_concise(cell, layers, scratch_inputs):

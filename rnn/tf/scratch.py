@@ -26,6 +26,14 @@ def normal(shape: tuple[int, ...], generator: tf.random.Generator) -> tf.Tensor:
     return generator.normal(shape, mean=0.0, stddev=0.01, dtype=tf.float32)
 
 
+def uniform_init(variables: list[tf.Variable], num_hiddens: int, seed: int) -> None:
+    """Every weight and bias redrawn from U(-1/sqrt(H), 1/sqrt(H)), PyTorch's init for its
+    recurrent layers (a model's ``init: uniform``), in variable order from the run's seed."""
+    generator, bound = tf.random.Generator.from_seed(seed), num_hiddens**-0.5
+    for v in variables:
+        v.assign(generator.uniform(v.shape, -bound, bound, dtype=v.dtype))
+
+
 def mask_uniform(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Uniform [0, 1) numbers for dropout masks: a counter hash (murmur3's finaliser over the
     element index, keyed by the int64 seed pair) in 32-bit integer ops. TensorFlow's stateless

@@ -25,7 +25,7 @@ from rnn.malloc import keep_freed_memory
 from rnn.record import read_weights, write_weights
 from rnn.sampling import generate
 from rnn.tf.concise import RNNModel
-from rnn.tf.scratch import RNNModelScratch
+from rnn.tf.scratch import RNNModelScratch, uniform_init
 
 MODELS = {"scratch": RNNModelScratch, "concise": RNNModel}
 FRAMEWORK = "tf"
@@ -158,6 +158,7 @@ class Engine:
         cell: str = "rnn",
         num_layers: int = 1,
         dropout: float = 0.0,
+        init: str = "default",
         optimizer: OptimizerConfig | None = None,
         lr: float = 1.0,
         theta: float | None = 1.0,
@@ -187,6 +188,8 @@ class Engine:
                     num_layers=num_layers,
                     dropout=dropout,
                 )
+                if init == "uniform":
+                    uniform_init(model.ordered_variables, num_hiddens, seed)
                 model.mask_shard = (world.rank * world.local_replicas + r, world.size)
                 variables = model.ordered_variables
                 self.replicas.append(

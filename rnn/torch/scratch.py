@@ -35,6 +35,15 @@ def normal(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator) * 0.01
 
 
+def uniform_init(model: nn.Module, num_hiddens: int, seed: int) -> None:
+    """Every weight and bias redrawn from U(-1/sqrt(H), 1/sqrt(H)), PyTorch's init for its
+    recurrent layers (a model's ``init: uniform``), in parameter order from the run's seed."""
+    generator, bound = torch.Generator().manual_seed(seed), num_hiddens**-0.5
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand(p.shape, generator=generator) * (2 * bound) - bound)
+
+
 class DropoutMasks:
     """Dropout masks from ``generator`` (seeded per epoch by the engine, so a resumed run draws
     the masks an uninterrupted one would), drawn for the global batch and cut to this rank's

@@ -22,7 +22,7 @@ from rnn.malloc import keep_freed_memory
 from rnn.record import read_weights, weights_metadata, write_weights
 from rnn.sampling import generate
 from rnn.torch.concise import RNNModel
-from rnn.torch.scratch import DropoutMasks, RNNModelScratch
+from rnn.torch.scratch import DropoutMasks, RNNModelScratch, uniform_init
 
 MODELS = {"scratch": RNNModelScratch, "concise": RNNModel}
 FRAMEWORK = "torch"
@@ -107,6 +107,7 @@ class Engine:
         cell: str = "rnn",
         num_layers: int = 1,
         dropout: float = 0.0,
+        init: str = "default",
         optimizer: OptimizerConfig | None = None,
         lr: float = 1.0,
         theta: float | None = 1.0,
@@ -123,7 +124,10 @@ class Engine:
             keep_freed_memory()
         self.model = MODELS[variant](
             vocab_size, num_hiddens, seed=seed, cell=cell, num_layers=num_layers, dropout=dropout
-        ).to(self.device)
+        )
+        if init == "uniform":
+            uniform_init(self.model, num_hiddens, seed)
+        self.model.to(self.device)
         self.params = list(self.model.parameters())
         self.optimizer = make_optimizer(self.params, optimizer or OptimizerConfig(), lr)
         self.lr, self.theta, self.seed = lr, theta, seed
