@@ -1,8 +1,11 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from rnn.config import load_params
 
 from .conftest import TIME_MACHINE
 
@@ -76,3 +79,13 @@ def test_yaml_syntax_error(tmp_path):
     (tmp_path / "params.yaml").write_text("ingest: [unclosed\n")
     result = rnn("params", cwd=tmp_path)
     assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.name for p in Path(__file__).parents[1].glob("params*.yaml"))
+)
+def test_every_documented_parameter_file_is_valid(path):
+    """The configurations the README and benchmarks point users at (the main job, the full text,
+    the book's comparison of cells, tinyshakespeare) load without an error."""
+    params = load_params(Path(__file__).parents[1] / path)
+    assert params.train.models and all(params.model(m) for m in params.train.models)
