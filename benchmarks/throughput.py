@@ -4,7 +4,9 @@ each cell: one product per gate and step, eager; concise: nn.RNN/GRU/LSTM and th
 and our engine alternate, each in a fresh process, at the same settings on the full canonical
 text (batch 32 x 35 steps, sequential; the RNN at the book's table's 512 scratch / 256 concise
 units, the gated cells at 256), tokens/s over whole epochs. Also reports the achieved FLOP/s
-against a measured matrix-multiply rate at the recurrent shape (batch x hidden x gates*hidden).
+against a measured matrix-multiply rate at the recurrent shape (batch x hidden x gates*hidden),
+and for each speed target the share of that rate the target's tokens/s would take: above 100%,
+no code doing the cell's products can meet it on the machine at hand.
 
     python benchmarks/throughput.py [--repeats 3] [--epochs 2] [--cells rnn gru lstm]
                                     [--runs torch-scratch ...] [--json out.json]
@@ -152,6 +154,13 @@ def main() -> int:
         )
         ratio = statistics.median(pair_ratios)
         achieved = ours["tokens_per_s"] * flops_per_token(h, gates)
+        # The rate the target asks for, as a share of the best product rate: above 1, no code
+        # doing these products can meet it on this machine (the products alone take longer).
+        target_needs = (
+            target * seed["tokens_per_s"] * flops_per_token(h, gates) / gemm["flops"]
+            if target
+            else None
+        )
         rows.append(
             {
                 "run": run,
@@ -164,24 +173,27 @@ def main() -> int:
                 "achieved_gflops": round(achieved / 1e9, 1),
                 "gemm_gflops": round(gemm["flops"] / 1e9, 1),
                 "of_gemm": round(achieved / gemm["flops"], 2),
+                "target_needs_of_gemm": target_needs and round(target_needs, 2),
                 "gemm_by_library": {k: round(v / 1e9, 1) for k, v in gemm["rates"].items()},
             }
         )
         print(json.dumps(rows[-1]), flush=True)
     print(
         "\n| run | chapter tok/s | ours tok/s | ratio | target | achieved GFLOP/s "
-        "| best GEMM GFLOP/s | of GEMM |"
+        "| best GEMM GFLOP/s | of GEMM | target needs |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         target = "-" if r["target"] is None else f"{r['target']}x"
         print(
             f"| {r['run']} | {r['seed_tokens_per_s']:,} | {r['ours_tokens_per_s']:,} | "
             f"{r['ratio']}x {'ok' if r['ok'] else 'MISS'} | {target} | "
-            f"{r['achieved_gflops']} | {r['gemm_gflops']} | {r['of_gemm']:.0%} |"
+            f"{r['achieved_gflops']} | {r['gemm_gflops']} | {r['of_gemm']:.0%} | "
+            f"{'-' if r['target_needs_of_gemm'] is None else format(r['target_needs_of_gemm'], '.0%')} |"
         )
     print(
-        f"\ntok/s: medians over {args.repeats} pair(s); ratio: the median of the pairs' own ratios"
+        f"\ntok/s: medians over {args.repeats} pair(s); ratio: the median of the pairs' own ratios;"
+        " target needs: the FLOP/s the target's tokens/s takes, as a share of the best GEMM rate"
     )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

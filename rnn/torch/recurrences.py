@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rnn.torch import fused
 from rnn.torch.kernels import matmul, right_multiplier, tanh_linear
 
 # One-hot columns make each step's product (hidden + vocab) wide instead of hidden: worth it for
@@ -98,6 +99,14 @@ class GRURecurrence(torch.autograd.Function):
                 torch.add(g[:, 2 * hidden :], b_hh, out=inner[t])
                 torch.tanh(torch.addcmul(xw_h[t], gates[t, :, hidden:], inner[t]), out=cand[t])
                 _blend(hs[t], gates[t, :, :hidden], cand[t], out=hs[t + 1])
+        elif fused.usable(xw):  # one C call after each product (rnn/torch/pointwise.c)
+            times_zr = right_multiplier(W_h[:, : 2 * hidden].contiguous(), batch, steps)
+            times_hh = right_multiplier(W_h[:, 2 * hidden :].contiguous(), batch, steps)
+            for t in range(steps):
+                pre = times_zr(hs[t], xw_zr[t])
+                fused.call("gru_gates", batch, hidden, pre, hs[t], gates[t], inner[t])
+                pre = times_hh(inner[t], xw_h[t])
+                fused.call("gru_blend", batch, hidden, pre, gates[t], hs[t], cand[t], hs[t + 1])
         else:
             times_zr = right_multiplier(W_h[:, : 2 * hidden].contiguous(), batch, steps)
             times_hh = right_multiplier(W_h[:, 2 * hidden :].contiguous(), batch, steps)
@@ -115,6 +124,8 @@ class GRURecurrence(torch.autograd.Function):
         hs, gates, cand, inner, W_h = ctx.saved_tensors
         steps, batch, hidden = cand.shape
         grad_hs = grad_hs.contiguous()
+        if not ctx.reset_after and fused.usable(cand):
+            return (*_gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h), None, None)
         z, r, h_prev = gates[..., :hidden], gates[..., hidden:], hs[:-1]
         # dL/dpre_z = dL/dH' (H - C) Z(1 - Z); dL/dpre_c = dL/dH' (1 - Z)(1 - C^2)
         coef_z = (h_prev - cand).mul_(z).mul_(1 - z)
@@ -154,6 +165,30 @@ class GRURecurrence(torch.autograd.Function):
         return grad_xw, grad_h, grad_w, grad_b_hh, None
 
 
+def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h) -> tuple[Tensor, Tensor, Tensor]:
+    """The book's GRU backward with each step's elementwise work in two C calls: the same
+    gradients as GRURecurrence.backward's eager loop."""
+    steps, batch, hidden = cand.shape
+    back = cand.new_empty(steps, batch, 2 * hidden)  # [d_z, d_r] pre-activations
+    grad_c = cand.new_empty(steps, batch, hidden)
+    carry = cand.new_empty(batch, hidden)
+    times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t().contiguous(), batch, steps)
+    times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t().contiguous(), batch, steps)
+    grad_h = grad_hs[steps - 1]
+    for t in range(steps - 1, -1, -1):
+        fused.call(
+            "gru_backward_z", batch, hidden, gates[t], cand[t], hs[t], grad_h, back[t], grad_c[t]
+        )
+        d_rh = times_hh_t(grad_c[t], None)
+        later = grad_hs[t - 1] if t > 0 else None
+        args = (gates[t], hs[t], grad_h, d_rh, later, back[t], carry)
+        fused.call("gru_backward_r", batch, hidden, *args)
+        grad_h = times_zr_t(back[t], carry)
+    grad_xw = torch.cat([back, grad_c], 2)
+    grad_w = torch.cat([_weight_grad(hs[:-1], back), _weight_grad(inner, grad_c)], 1)
+    return grad_xw, grad_h, grad_w
+
+
 def _blend(h: Tensor, z: Tensor, c: Tensor, out: Tensor) -> Tensor:
     """Z * H + (1 - Z) * C, as C + Z * (H - C)."""
     return torch.addcmul(c, z, h - c, out=out)
@@ -177,8 +212,13 @@ class LSTMRecurrence(torch.autograd.Function):
         gates = xw.new_empty(steps, batch, 4 * hidden)  # after their activations
         tanh_c = xw.new_empty(steps, batch, hidden)
         times_w = right_multiplier(W_h, batch, steps)
+        use_fused = fused.usable(xw)  # one C call after each product (rnn/torch/pointwise.c)
         for t in range(steps):
             pre = times_w(hs[t], xw[t])
+            if use_fused:
+                args = (pre, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
+                fused.call("lstm_forward", batch, hidden, *args)
+                continue
             torch.sigmoid(pre[:, : 3 * hidden], out=gates[t, :, : 3 * hidden])
             torch.tanh(pre[:, 3 * hidden :], out=gates[t, :, 3 * hidden :])
             i, f, o, c_new = (gates[t, :, k * hidden : (k + 1) * hidden] for k in range(4))
@@ -193,6 +233,8 @@ class LSTMRecurrence(torch.autograd.Function):
         hs, cs, gates, tanh_c, W_h = ctx.saved_tensors
         steps, batch, hidden = tanh_c.shape
         grad_hs = grad_hs.contiguous()
+        if fused.usable(tanh_c):
+            return _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h)
         i, f, o, c_new = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
         coef_o = tanh_c * o * (1 - o)  # dL/dpre_o = dL/dH' tanh(C') O(1 - O)
         coef_hc = o * (1 - tanh_c * tanh_c)  # dL/dC' += dL/dH' O(1 - tanh(C')^2)
@@ -211,6 +253,20 @@ class LSTMRecurrence(torch.autograd.Function):
             grad_c.mul_(f[t])
             grad_h = times_w_t(grad_xw[t], grad_hs[t - 1] if t > 0 else None)
         return grad_xw, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
+
+
+def _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h):
+    """LSTMRecurrence.backward with each step's elementwise work in one C call."""
+    steps, batch, hidden = tanh_c.shape
+    grad_xw = gates.new_empty(steps, batch, 4 * hidden)
+    times_w_t = right_multiplier(W_h.t(), batch, steps)
+    grad_h = grad_hs[steps - 1]
+    grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)
+    for t in range(steps - 1, -1, -1):
+        args = (gates[t], cs[t], tanh_c[t], grad_h, grad_c, grad_xw[t])
+        fused.call("lstm_backward", batch, hidden, *args)
+        grad_h = times_w_t(grad_xw[t], grad_hs[t - 1] if t > 0 else None)
+    return grad_xw, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
 
 
 class OneHotTanhRecurrence(torch.autograd.Function):

@@ -1,0 +1,154 @@
+/* The elementwise work of one step of the scratch GRU and LSTM, fused into one pass each.
+
+   Why: in PyTorch's eager mode every elementwise operation is a separate call of a few
+   microseconds and a separate pass over memory; a step of the LSTM runs about ten of them
+   between its products. These loops do the same maths in one call per step (rnn/torch/fused.py
+   compiles this file with the system's C compiler and loads it with ctypes; without a compiler
+   the recurrences keep their eager code). All arrays are contiguous row-major float32.
+
+   exp is a Cephes-style polynomial (about 1 ulp) that the compiler vectorises; a NaN input gives
+   a NaN output (an infinite one too), so a diverging run is still seen as one. */
+
+#include <stdint.h>
+#include <string.h>
+
+static inline float exp_approx(float x) {
+    /* Branch-free so that it vectorises: clamped to exp's float range by arithmetic masks (a
+       NaN compares false and flows through to a NaN result); n = floor(x / ln 2 + 1/2) by
+       truncation and a correction. */
+    float v = x + (float)(x > 88.3762626647949f) * (88.3762626647949f - x);
+    v = v + (float)(v < -87.3365447504f) * (-87.3365447504f - v);
+    float fx = v * 1.44269504088896341f + 0.5f;
+    int32_t i = (int32_t)fx;
+    i -= (float)i > fx;
+    float n = (float)i;
+    float r = v - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t bits = (i + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+static inline float tanh_approx(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
+
+/* LSTM forward, gates i, f, o, c~ side by side in `pre` (rows x 4h):
+   gates = [sig(i, f, o), tanh(c~)]; c' = f c + i c~; tanh_c = tanh(c'); h' = o tanh_c. */
+void lstm_forward(int rows, int h, const float *pre, const float *c, float *gates, float *c_new,
+                  float *tanh_c, float *h_new) {
+    for (int b = 0; b < rows; b++) {
+        const float *p = pre + (int64_t)b * 4 * h;
+        float *g = gates + (int64_t)b * 4 * h;
+#pragma omp simd
+        for (int j = 0; j < 3 * h; j++) g[j] = sigmoid(p[j]);
+#pragma omp simd
+        for (int j = 3 * h; j < 4 * h; j++) g[j] = tanh_approx(p[j]);
+        const float *cb = c + (int64_t)b * h;
+        float *cn = c_new + (int64_t)b * h, *tc = tanh_c + (int64_t)b * h;
+        float *hn = h_new + (int64_t)b * h;
+#pragma omp simd
+        for (int j = 0; j < h; j++) {
+            float cell = g[h + j] * cb[j] + g[j] * g[3 * h + j];
+            cn[j] = cell;
+            tc[j] = tanh_approx(cell);
+            hn[j] = g[2 * h + j] * tc[j];
+        }
+    }
+}
+
+/* LSTM backward through one step: from dL/dH' (`grad_h`) and dL/dC' (`grad_c`, updated in place
+   to dL/dC), the gradient of the four pre-activations (`grad_pre`, rows x 4h). */
+void lstm_backward(int rows, int h, const float *gates, const float *c, const float *tanh_c,
+                   const float *grad_h, float *grad_c, float *grad_pre) {
+    for (int b = 0; b < rows; b++) {
+        const float *g = gates + (int64_t)b * 4 * h;
+        const float *cb = c + (int64_t)b * h, *tc = tanh_c + (int64_t)b * h;
+        const float *dh = grad_h + (int64_t)b * h;
+        float *dc = grad_c + (int64_t)b * h, *d = grad_pre + (int64_t)b * 4 * h;
+#pragma omp simd
+        for (int j = 0; j < h; j++) {
+            float i = g[j], f = g[h + j], o = g[2 * h + j], cc = g[3 * h + j], t = tc[j];
+            float dcell = dc[j] + dh[j] * o * (1.0f - t * t);
+            d[j] = dcell * cc * i * (1.0f - i);
+            d[h + j] = dcell * cb[j] * f * (1.0f - f);
+            d[2 * h + j] = dh[j] * t * o * (1.0f - o);
+            d[3 * h + j] = dcell * i * (1.0f - cc * cc);
+            dc[j] = dcell * f;
+        }
+    }
+}
+
+/* The book's GRU, after the product of H with [W_hz, W_hr]: gates = sig(pre) (z, r side by
+   side, rows x 2h); inner = R H, the candidate product's input. */
+void gru_gates(int rows, int h, const float *pre, const float *hprev, float *gates,
+               float *inner) {
+    for (int b = 0; b < rows; b++) {
+        const float *p = pre + (int64_t)b * 2 * h, *hp = hprev + (int64_t)b * h;
+        float *g = gates + (int64_t)b * 2 * h, *in = inner + (int64_t)b * h;
+#pragma omp simd
+        for (int j = 0; j < 2 * h; j++) g[j] = sigmoid(p[j]);
+#pragma omp simd
+        for (int j = 0; j < h; j++) in[j] = g[h + j] * hp[j];
+    }
+}
+
+/* After the candidate's product: cand = tanh(pre); H' = Z H + (1 - Z) cand. */
+void gru_blend(int rows, int h, const float *pre, const float *gates, const float *hprev,
+               float *cand, float *h_new) {
+    for (int b = 0; b < rows; b++) {
+        const float *p = pre + (int64_t)b * h, *z = gates + (int64_t)b * 2 * h;
+        const float *hp = hprev + (int64_t)b * h;
+        float *cd = cand + (int64_t)b * h, *hn = h_new + (int64_t)b * h;
+#pragma omp simd
+        for (int j = 0; j < h; j++) {
+            float cj = tanh_approx(p[j]);
+            cd[j] = cj;
+            hn[j] = cj + z[j] * (hp[j] - cj);
+        }
+    }
+}
+
+/* GRU backward, first half: from dL/dH' the gradients of z's pre-activation (into `back`, whose
+   rows are [d_z, d_r], rows x 2h) and of the candidate's (`grad_cand`). */
+void gru_backward_z(int rows, int h, const float *gates, const float *cand, const float *hprev,
+                    const float *grad_h, float *back, float *grad_cand) {
+    for (int b = 0; b < rows; b++) {
+        const float *z = gates + (int64_t)b * 2 * h, *cd = cand + (int64_t)b * h;
+        const float *hp = hprev + (int64_t)b * h, *dh = grad_h + (int64_t)b * h;
+        float *bz = back + (int64_t)b * 2 * h, *dc = grad_cand + (int64_t)b * h;
+#pragma omp simd
+        for (int j = 0; j < h; j++) {
+            float zj = z[j], cj = cd[j];
+            bz[j] = dh[j] * (hp[j] - cj) * zj * (1.0f - zj);
+            dc[j] = dh[j] * (1.0f - zj) * (1.0f - cj * cj);
+        }
+    }
+}
+
+/* GRU backward, second half, given d_rh = dL/d(R H) (the candidate gradient back through W_hh):
+   r's pre-activation gradient into `back`, and `carry` = what dL/dH gets besides the product
+   of `back` with [W_hz, W_hr]^T: dL/dH' Z + d_rh R (+ the loss's own gradient at H, `later`). */
+void gru_backward_r(int rows, int h, const float *gates, const float *hprev, const float *grad_h,
+                    const float *d_rh, const float *later, float *back, float *carry) {
+    for (int b = 0; b < rows; b++) {
+        const float *z = gates + (int64_t)b * 2 * h, *r = z + h;
+        const float *hp = hprev + (int64_t)b * h, *dh = grad_h + (int64_t)b * h;
+        const float *drh = d_rh + (int64_t)b * h;
+        const float *lt = later ? later + (int64_t)b * h : 0;
+        float *br = back + (int64_t)b * 2 * h + h, *cy = carry + (int64_t)b * h;
+#pragma omp simd
+        for (int j = 0; j < h; j++) {
+            float rj = r[j];
+            br[j] = drh[j] * hp[j] * rj * (1.0f - rj);
+            cy[j] = dh[j] * z[j] + drh[j] * rj + (lt ? lt[j] : 0.0f);
+        }
+    }
+}
