@@ -233,8 +233,9 @@ def _torch_recurrence_inputs(cell: str, gen: torch.Generator):
     W_h = rand(hidden, gates * hidden, scale=0.5)
     if cell == "lstm":
         return torch_rec.LSTMRecurrence.apply, (xw, h0, rand(batch, hidden), W_h)
-    if cell == "gru":
-        return torch_rec.GRURecurrence.apply, (xw, h0, W_h, None, False)
+    if cell == "gru":  # the input's share comes as z and r apart from h
+        xw_zr, xw_h = rand(steps, batch, 2 * hidden), rand(steps, batch, hidden)
+        return torch_rec.GRURecurrence.apply, (xw_zr, xw_h, h0, W_h, None, False)
     return torch_rec.TanhRecurrence.apply, (xw, h0, W_h)
 
 
@@ -244,9 +245,9 @@ def test_torch_recurrences_match_finite_differences(cell):
     fn, inputs = _torch_recurrence_inputs(cell, gen)
     assert torch.autograd.gradcheck(fn, inputs)
     if cell == "gru":  # PyTorch's form, with its recurrent bias
-        xw, h0, W_h, _, _ = inputs
+        xw_zr, xw_h, h0, W_h, _, _ = inputs
         b_hh = torch.randn(3, dtype=torch.double, generator=gen).requires_grad_()
-        assert torch.autograd.gradcheck(fn, (xw, h0, W_h, b_hh, True))
+        assert torch.autograd.gradcheck(fn, (xw_zr, xw_h, h0, W_h, b_hh, True))
 
 
 def test_torch_one_hot_recurrence_matches_finite_differences():

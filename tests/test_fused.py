@@ -24,7 +24,8 @@ def run(cell: str, eager: bool, monkeypatch, steps=9, batch=4, hidden=24, seed=0
         if eager:
             m.setattr(fused, "usable", lambda t: False)
         if cell == "gru":
-            hs = GRURecurrence.apply(xw, h0, W_h, None, False)
+            xw_zr, xw_h = xw[..., : 2 * hidden], xw[..., 2 * hidden :]
+            hs = GRURecurrence.apply(xw_zr, xw_h, h0, W_h, None, False)
             loss = (hs * weights).sum()
             inputs = (xw, h0, W_h)
         else:
@@ -60,3 +61,13 @@ def test_disabled_by_environment(monkeypatch, tmp_path):
     env = {"RNN_TORCH_FUSED": "0", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize(("rows", "cols", "ld"), [(1120, 256, 256), (37, 70, 100), (1, 5, 5)])
+def test_transposed_equals_pytorchs_transpose(rows, cols, ld):
+    """The tiled C transpose, on whole matrices and on column slices of wider ones, with edges
+    that are not multiples of its tile."""
+    full = torch.randn(rows, ld, generator=torch.Generator().manual_seed(1))
+    block = full[:, ld - cols :]
+    out = fused.transposed(block)
+    assert out.is_contiguous() and torch.equal(out, block.t())

@@ -1,6 +1,6 @@
-"""The scratch GRU's and LSTM's per-step elementwise work as one C call per step
-(``pointwise.c``), compiled on first use with the system's C compiler for the machine at hand and
-loaded with ctypes.
+"""The scratch GRU's and LSTM's per-step elementwise work as one C call per step, and a tiled
+transpose for the products' operands (``pointwise.c``), compiled on first use with the system's
+C compiler for the machine at hand and loaded with ctypes.
 
 Why: a step of the LSTM runs about ten eager elementwise operations between its products, each a
 call of several microseconds; fused, the step is its product plus one call. Not a PyTorch
@@ -22,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def library() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * ints
         fn.restype = None
+    lib.transpose.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 2
+    lib.transpose.restype = None
     return lib if _agrees(lib) else None
 
 
@@ -106,8 +109,26 @@ def _ptr(t: Tensor | None) -> int | None:
     return t.data_ptr()
 
 
-def call(name: str, rows: int, hidden: int, *tensors: Tensor | None) -> None:
-    getattr(library(), name)(rows, hidden, *(_ptr(t) for t in tensors))
+def kernel(name: str) -> Callable[..., None]:
+    """The step kernel ``name`` (one of FUNCTIONS) as ``f(rows, hidden, *tensors)``: tensors
+    contiguous, or None for an absent optional operand. Look it up once per loop, not per step."""
+    fn = getattr(library(), name)
+
+    def run(rows: int, hidden: int, *tensors: Tensor | None) -> None:
+        fn(rows, hidden, *(_ptr(t) for t in tensors))
+
+    return run
+
+
+def transposed(t: Tensor) -> Tensor:
+    """``t.T`` as a new contiguous tensor, for a 2-D ``t`` (a column slice of a wider matrix
+    too): tiled in C where the library is usable, else PyTorch's strided copy."""
+    rows, cols = t.shape
+    if t.stride(1) != 1 or t.stride(0) < cols or not usable(t):
+        return t.t().contiguous()
+    out = t.new_empty(cols, rows)
+    library().transpose(rows, cols, t.stride(0), t.data_ptr(), out.data_ptr())  # type: ignore[union-attr]
+    return out
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
@@ -118,10 +139,14 @@ def _agrees(lib: ctypes.CDLL) -> bool:
     pre, c = torch.randn(rows, 4 * h, generator=gen) * 3, torch.randn(rows, h, generator=gen)
     gates, c_new, tanh_c, h_new = (torch.empty(rows, n) for n in (4 * h, h, h, h))
     lib.lstm_forward(rows, h, *(t.data_ptr() for t in (pre, c, gates, c_new, tanh_c, h_new)))
+    block = torch.randn(7, 40, generator=gen)[:, 3:38]  # a column slice: rows 40 floats apart
+    flipped = torch.empty(35, 7)
+    lib.transpose(7, 35, 40, block.data_ptr(), flipped.data_ptr())
     want = torch.cat([torch.sigmoid(pre[:, : 3 * h]), torch.tanh(pre[:, 3 * h :])], 1)
     want_c = want[:, h : 2 * h] * c + want[:, :h] * want[:, 3 * h :]
     return bool(
         torch.allclose(gates, want, atol=1e-6)
         and torch.allclose(c_new, want_c, atol=1e-6)
         and torch.allclose(h_new, want[:, 2 * h : 3 * h] * torch.tanh(want_c), atol=1e-6)
+        and torch.equal(flipped, block.t())
     )

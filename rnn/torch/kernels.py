@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rnn.torch import fused
+
 RightMultiply = Callable[[Tensor, "Tensor | None"], Tensor]
 TanhLinear = Callable[[Tensor], Tensor]
 
@@ -33,12 +35,13 @@ def _onednn_ops():
             torch.arange(n, dtype=torch.float32).reshape(shape) / 7
             for n, shape in ((6, (2, 3)), (12, (4, 3)), (4, (4,)))
         )
-        fused = linear(x, reorder(w, 2), b, "tanh", [], "")
+        activated = linear(x, reorder(w, 2), b, "tanh", [], "")
         added = linear.binary(x, b.expand(2, 4).contiguous(), w, None, "add")
     except (AttributeError, RuntimeError, TypeError):
         return None
     expected = torch.addmm(b, x, w.t())
-    if torch.allclose(fused, torch.tanh(expected), atol=1e-5) and torch.allclose(added, expected):
+    agrees = torch.allclose(activated, torch.tanh(expected), atol=1e-5)
+    if agrees and torch.allclose(added, expected):
         return linear, reorder
     return None
 
@@ -63,10 +66,11 @@ PACK_MIN_CALLS = 4
 
 def right_multiplier(w: Tensor, rows: int, calls: int) -> RightMultiply:
     """``f(x, add) = x @ w (+ add)`` for ``rows``-row inputs ``x``, to be called ``calls`` times;
-    ``w`` is packed once for oneDNN when that pays."""
+    ``w`` is packed once for oneDNN when that pays; it may be a view (a column slice of the
+    gates' weights, or a transpose): packing reads it through one explicit copy."""
     if onednn_usable(w) and calls >= PACK_MIN_CALLS:
         linear, reorder = _ONEDNN  # type: ignore[misc]
-        packed = reorder(w.t(), rows)  # oneDNN's linear computes x @ W^T
+        packed = reorder(fused.transposed(w), rows)  # oneDNN's linear computes x @ W^T
 
         def onednn(x: Tensor, add: Tensor | None = None) -> Tensor:
             if add is None:

@@ -152,3 +152,21 @@ void gru_backward_r(int rows, int h, const float *gates, const float *hprev, con
         }
     }
 }
+
+/* dst = src^T for a rows x cols block of src whose rows lie `ld` floats apart (a column slice of
+   a wider matrix, or the whole of a contiguous one): dst is cols x rows, contiguous. In 32 x 32
+   tiles, so that both sides of a tile stay in cache; PyTorch's strided copy of a transposed view
+   is several times slower at the shapes of the weight-gradient products. */
+void transpose(int rows, int cols, int ld, const float *src, float *dst) {
+    enum { TILE = 32 };
+    for (int i0 = 0; i0 < rows; i0 += TILE) {
+        int i1 = i0 + TILE < rows ? i0 + TILE : rows;
+        for (int j0 = 0; j0 < cols; j0 += TILE) {
+            int j1 = j0 + TILE < cols ? j0 + TILE : cols;
+            for (int j = j0; j < j1; j++) {
+                float *out = dst + (int64_t)j * rows;
+                for (int i = i0; i < i1; i++) out[i] = src[(int64_t)i * ld + j];
+            }
+        }
+    }
+}

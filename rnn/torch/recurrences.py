@@ -3,7 +3,7 @@ backward pass (BPTT), so autograd does no per-step work.
 
 Every recurrence takes ``xw`` (steps, batch, gates x hidden): the input's contribution to every
 gate with its bias, computed for all steps at once outside (a row gather for token ids, one
-product for a layer below), and ``W_h`` (hidden, gates x hidden): the recurrent weights of every
+product for a layer below; the GRU's in two parts, z and r apart from h), and ``W_h`` (hidden, gates x hidden): the recurrent weights of every
 gate side by side, in the order of ``rnn.registry.CELLS`` (the book's names: z, r, h for the
 GRU; i, f, o, c for the LSTM). Per step the forward runs as few products as the cell's maths
 allows (one for the RNN and LSTM; two for the book's GRU, whose reset gate must be known before
@@ -32,10 +32,10 @@ def fuses_one_hot(vocab_size: int, num_hiddens: int) -> bool:
 
 
 def _weight_grad(inputs: Tensor, grads: Tensor) -> Tensor:
-    """sum_t inputs[t]^T @ grads[t] as one product; an explicit transposed copy measures faster
-    than letting the library copy a strided operand."""
-    width = inputs.shape[-1]
-    return matmul(inputs.reshape(-1, width).t().contiguous(), grads.reshape(-1, grads.shape[-1]))
+    """sum_t inputs[t]^T @ grads[t] as one product; an explicit transposed copy (tiled in C)
+    measures faster than letting the library read a strided operand."""
+    flat = inputs.reshape(-1, inputs.shape[-1])
+    return matmul(fused.transposed(flat), grads.reshape(-1, grads.shape[-1]))
 
 
 class TanhRecurrence(torch.autograd.Function):
@@ -75,22 +75,32 @@ class GRURecurrence(torch.autograd.Function):
     product and a recurrent bias ``b_hh`` inside it: C = tanh(xw_h + R * (H W_hh + b_hh)); the
     tests use it to prove this code against nn.GRU.
 
+    The input's share comes in two tensors, ``xw_zr`` (steps, batch, 2 hidden) and ``xw_h``
+    (steps, batch, hidden), and its gradient goes back the same way: each step's operands are
+    then contiguous rows with no copy of the whole sequence either way.
+
     Every elementwise factor the backward pass needs is computed for all steps at once before
     its loop, so a step there is two or three elementwise operations around its products (each
     operation of PyTorch's eager mode costs a few microseconds however small its operands)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, xw: Tensor, h0: Tensor, W_h: Tensor, b_hh: Tensor | None, reset_after: bool
+        ctx,
+        xw_zr: Tensor,
+        xw_h: Tensor,
+        h0: Tensor,
+        W_h: Tensor,
+        b_hh: Tensor | None,
+        reset_after: bool,
     ) -> Tensor:
-        steps, batch, hidden = xw.shape[0], xw.shape[1], h0.shape[-1]
-        hs = xw.new_empty(steps + 1, batch, hidden)
+        steps, batch, hidden = xw_h.shape[0], xw_h.shape[1], h0.shape[-1]
+        hs = xw_h.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
-        gates = xw.new_empty(steps, batch, 2 * hidden)  # Z, R after the sigmoid
-        cand = xw.new_empty(steps, batch, hidden)  # C
+        gates = xw_h.new_empty(steps, batch, 2 * hidden)  # Z, R after the sigmoid
+        cand = xw_h.new_empty(steps, batch, hidden)  # C
         # reset before: R * H, the candidate product's input; reset after: H W_hh + b_hh
-        inner = xw.new_empty(steps, batch, hidden)
-        xw_zr, xw_h = xw[..., : 2 * hidden].contiguous(), xw[..., 2 * hidden :].contiguous()
+        inner = xw_h.new_empty(steps, batch, hidden)
+        xw_zr, xw_h = xw_zr.contiguous(), xw_h.contiguous()
         if reset_after:
             times_w = right_multiplier(W_h, batch, steps)
             for t in range(steps):
@@ -99,17 +109,11 @@ class GRURecurrence(torch.autograd.Function):
                 torch.add(g[:, 2 * hidden :], b_hh, out=inner[t])
                 torch.tanh(torch.addcmul(xw_h[t], gates[t, :, hidden:], inner[t]), out=cand[t])
                 _blend(hs[t], gates[t, :, :hidden], cand[t], out=hs[t + 1])
-        elif fused.usable(xw):  # one C call after each product (rnn/torch/pointwise.c)
-            times_zr = right_multiplier(W_h[:, : 2 * hidden].contiguous(), batch, steps)
-            times_hh = right_multiplier(W_h[:, 2 * hidden :].contiguous(), batch, steps)
-            for t in range(steps):
-                pre = times_zr(hs[t], xw_zr[t])
-                fused.call("gru_gates", batch, hidden, pre, hs[t], gates[t], inner[t])
-                pre = times_hh(inner[t], xw_h[t])
-                fused.call("gru_blend", batch, hidden, pre, gates[t], hs[t], cand[t], hs[t + 1])
+        elif fused.usable(xw_h):
+            _gru_forward_fused(xw_zr, xw_h, W_h, hs, gates, inner, cand)
         else:
-            times_zr = right_multiplier(W_h[:, : 2 * hidden].contiguous(), batch, steps)
-            times_hh = right_multiplier(W_h[:, 2 * hidden :].contiguous(), batch, steps)
+            times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps)
+            times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps)
             for t in range(steps):
                 torch.sigmoid(times_zr(hs[t], xw_zr[t]), out=gates[t])
                 torch.mul(gates[t, :, hidden:], hs[t], out=inner[t])
@@ -125,7 +129,10 @@ class GRURecurrence(torch.autograd.Function):
         steps, batch, hidden = cand.shape
         grad_hs = grad_hs.contiguous()
         if not ctx.reset_after and fused.usable(cand):
-            return (*_gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h), None, None)
+            grad_zr, grad_c, grad_h, grad_w = _gru_backward_fused(
+                grad_hs, hs, gates, cand, inner, W_h
+            )
+            return grad_zr, grad_c, grad_h, grad_w, None, None
         z, r, h_prev = gates[..., :hidden], gates[..., hidden:], hs[:-1]
         # dL/dpre_z = dL/dH' (H - C) Z(1 - Z); dL/dpre_c = dL/dH' (1 - Z)(1 - C^2)
         coef_z = (h_prev - cand).mul_(z).mul_(1 - z)
@@ -139,8 +146,8 @@ class GRURecurrence(torch.autograd.Function):
         if ctx.reset_after:
             times_w_t = right_multiplier(W_h.t(), batch, steps)
         else:
-            times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t().contiguous(), batch, steps)
-            times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t().contiguous(), batch, steps)
+            times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t(), batch, steps)
+            times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t(), batch, steps)
         grad_h = grad_hs[steps - 1]
         for t in range(steps - 1, -1, -1):
             torch.mul(grad_h, coef_z[t], out=back[t, :, :hidden])
@@ -155,38 +162,52 @@ class GRURecurrence(torch.autograd.Function):
                 torch.mul(d_rh, coef_r[t], out=back[t, :, hidden:])
                 prev = times_zr_t(back[t], later)
                 grad_h = prev.addcmul_(grad_h, z[t]).addcmul_(d_rh, r[t])
-        grad_xw = torch.cat([back[..., : 2 * hidden], grad_c], 2)
         if ctx.reset_after:
             grad_w = _weight_grad(h_prev, back)
             grad_b_hh = back[..., 2 * hidden :].sum((0, 1))
         else:
             grad_w = torch.cat([_weight_grad(h_prev, back), _weight_grad(inner, grad_c)], 1)
             grad_b_hh = None
-        return grad_xw, grad_h, grad_w, grad_b_hh, None
+        return back[..., : 2 * hidden], grad_c, grad_h, grad_w, grad_b_hh, None
 
 
-def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h) -> tuple[Tensor, Tensor, Tensor]:
+def _gru_forward_fused(xw_zr, xw_h, W_h, hs, gates, inner, cand) -> None:
+    """The book's GRU forward, one C call after each of a step's two products
+    (rnn/torch/pointwise.c), into the buffers GRURecurrence.forward allocated. Each tensor is
+    split into its steps once: indexing per step costs a dispatch each time."""
+    steps, batch, hidden = cand.shape
+    times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps)
+    times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps)
+    gates_step, blend_step = fused.kernel("gru_gates"), fused.kernel("gru_blend")
+    h, g, r_h, c = hs.unbind(0), gates.unbind(0), inner.unbind(0), cand.unbind(0)
+    x_zr, x_h = xw_zr.unbind(0), xw_h.unbind(0)
+    for t in range(steps):
+        gates_step(batch, hidden, times_zr(h[t], x_zr[t]), h[t], g[t], r_h[t])
+        blend_step(batch, hidden, times_hh(r_h[t], x_h[t]), g[t], h[t], c[t], h[t + 1])
+
+
+def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h):
     """The book's GRU backward with each step's elementwise work in two C calls: the same
-    gradients as GRURecurrence.backward's eager loop."""
+    gradients as GRURecurrence.backward's eager loop, as (dL/dxw_zr, dL/dxw_h, dL/dh0,
+    dL/dW_h)."""
     steps, batch, hidden = cand.shape
     back = cand.new_empty(steps, batch, 2 * hidden)  # [d_z, d_r] pre-activations
     grad_c = cand.new_empty(steps, batch, hidden)
     carry = cand.new_empty(batch, hidden)
-    times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t().contiguous(), batch, steps)
-    times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t().contiguous(), batch, steps)
-    grad_h = grad_hs[steps - 1]
+    times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t(), batch, steps)
+    times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t(), batch, steps)
+    z_step, r_step = fused.kernel("gru_backward_z"), fused.kernel("gru_backward_r")
+    g, h, d_out = gates.unbind(0), hs.unbind(0), grad_hs.unbind(0)
+    d_zr, d_c, c = back.unbind(0), grad_c.unbind(0), cand.unbind(0)
+    grad_h = d_out[steps - 1]
     for t in range(steps - 1, -1, -1):
-        fused.call(
-            "gru_backward_z", batch, hidden, gates[t], cand[t], hs[t], grad_h, back[t], grad_c[t]
-        )
-        d_rh = times_hh_t(grad_c[t], None)
-        later = grad_hs[t - 1] if t > 0 else None
-        args = (gates[t], hs[t], grad_h, d_rh, later, back[t], carry)
-        fused.call("gru_backward_r", batch, hidden, *args)
-        grad_h = times_zr_t(back[t], carry)
-    grad_xw = torch.cat([back, grad_c], 2)
+        z_step(batch, hidden, g[t], c[t], h[t], grad_h, d_zr[t], d_c[t])
+        d_rh = times_hh_t(d_c[t], None)
+        later = d_out[t - 1] if t > 0 else None
+        r_step(batch, hidden, g[t], h[t], grad_h, d_rh, later, d_zr[t], carry)
+        grad_h = times_zr_t(d_zr[t], carry)
     grad_w = torch.cat([_weight_grad(hs[:-1], back), _weight_grad(inner, grad_c)], 1)
-    return grad_xw, grad_h, grad_w
+    return back, grad_c, grad_h, grad_w
 
 
 def _blend(h: Tensor, z: Tensor, c: Tensor, out: Tensor) -> Tensor:
@@ -212,13 +233,15 @@ class LSTMRecurrence(torch.autograd.Function):
         gates = xw.new_empty(steps, batch, 4 * hidden)  # after their activations
         tanh_c = xw.new_empty(steps, batch, hidden)
         times_w = right_multiplier(W_h, batch, steps)
-        use_fused = fused.usable(xw)  # one C call after each product (rnn/torch/pointwise.c)
+        if fused.usable(xw):  # one C call after each product (rnn/torch/pointwise.c)
+            step = fused.kernel("lstm_forward")
+            h, c, g, tc, x = (a.unbind(0) for a in (hs, cs, gates, tanh_c, xw.contiguous()))
+            for t in range(steps):
+                step(batch, hidden, times_w(h[t], x[t]), c[t], g[t], c[t + 1], tc[t], h[t + 1])
+            ctx.save_for_backward(hs, cs, gates, tanh_c, W_h)
+            return hs[1:], cs[-1].clone()
         for t in range(steps):
             pre = times_w(hs[t], xw[t])
-            if use_fused:
-                args = (pre, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
-                fused.call("lstm_forward", batch, hidden, *args)
-                continue
             torch.sigmoid(pre[:, : 3 * hidden], out=gates[t, :, : 3 * hidden])
             torch.tanh(pre[:, 3 * hidden :], out=gates[t, :, 3 * hidden :])
             i, f, o, c_new = (gates[t, :, k * hidden : (k + 1) * hidden] for k in range(4))
@@ -260,12 +283,13 @@ def _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h):
     steps, batch, hidden = tanh_c.shape
     grad_xw = gates.new_empty(steps, batch, 4 * hidden)
     times_w_t = right_multiplier(W_h.t(), batch, steps)
-    grad_h = grad_hs[steps - 1]
+    step = fused.kernel("lstm_backward")
+    g, c, tc, d_out, d_pre = (a.unbind(0) for a in (gates, cs, tanh_c, grad_hs, grad_xw))
+    grad_h = d_out[steps - 1]
     grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)
     for t in range(steps - 1, -1, -1):
-        args = (gates[t], cs[t], tanh_c[t], grad_h, grad_c, grad_xw[t])
-        fused.call("lstm_backward", batch, hidden, *args)
-        grad_h = times_w_t(grad_xw[t], grad_hs[t - 1] if t > 0 else None)
+        step(batch, hidden, g[t], c[t], tc[t], grad_h, grad_c, d_pre[t])
+        grad_h = times_w_t(d_pre[t], d_out[t - 1] if t > 0 else None)
     return grad_xw, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
 
 

@@ -67,6 +67,16 @@ def dropout(x: Tensor, p: float, masks: DropoutMasks | None) -> Tensor:
     return x * masks.keep(x, p).to(x.dtype) / (1 - p)
 
 
+def _input_share(W_x: Tensor, b: Tensor, ids: Tensor, below: Tensor | None) -> Tensor:
+    """The input's share of (some of) a layer's gates with their bias, for all steps at once:
+    a row gather of ``W_x + b`` for token ids (what the book's one-hot product computes), one
+    product for a layer below. (steps, batch, columns of W_x)."""
+    if below is None:
+        return F.embedding(ids, W_x + b)  # == one_hot(ids) @ W_x + b
+    steps, batch, width = below.shape
+    return torch.addmm(b, below.reshape(-1, width), W_x).view(steps, batch, -1)
+
+
 class RNNModelScratch(nn.Module):
     def __init__(
         self,
@@ -130,17 +140,18 @@ class RNNModelScratch(nn.Module):
         if k == 0 and self.cell == "rnn" and fuses_one_hot(self.vocab_size, self.num_hiddens):
             hs = OneHotTanhRecurrence.apply(ids, state[0], W_h, W_x, b)
             return hs, [hs[-1]]
-        if below is None:
-            xw = F.embedding(ids, W_x + b)  # == one_hot(ids) @ W_x + b
-        else:
-            steps, batch, _ = below.shape
-            xw = torch.addmm(b, below.reshape(-1, self.num_hiddens), W_x).view(steps, batch, -1)
+        if self.cell == "gru":  # z and r apart from h: the recurrence reads them apart
+            b_hh = getattr(self, f"b_hh_l{k}") if self.reset_after else None
+            h = self.num_hiddens
+            xw_zr, xw_h = (
+                _input_share(W_x[:, cols], b[cols], ids, below)
+                for cols in (slice(0, 2 * h), slice(2 * h, 3 * h))
+            )
+            hs = GRURecurrence.apply(xw_zr, xw_h, state[0], W_h, b_hh, self.reset_after)
+            return hs, [hs[-1]]
+        xw = _input_share(W_x, b, ids, below)
         if self.cell == "rnn":
             hs = TanhRecurrence.apply(xw, state[0], W_h)
-            return hs, [hs[-1]]
-        if self.cell == "gru":
-            b_hh = getattr(self, f"b_hh_l{k}") if self.reset_after else None
-            hs = GRURecurrence.apply(xw, state[0], W_h, b_hh, self.reset_after)
             return hs, [hs[-1]]
         hs, c_last = LSTMRecurrence.apply(xw, state[0], state[1], W_h)
         return hs, [hs[-1], c_last]
