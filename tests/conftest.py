@@ -25,13 +25,6 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test corpora not found under {CORPORA}; set RNN_SHARED")
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: one test process per core plus one (at most 4). The end-to-end tests spend
-    much of their time waiting on servers, heartbeats and process start-ups; the extra process
-    keeps the cores busy meanwhile (on 2 cores: 1.5 cores busy on average with 2 processes)."""
-    return min(4, (os.cpu_count() or 1) + 1)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (servers, then other slow tests), so that test processes running side by
     side (pytest-xdist) finish together instead of one waiting on a late end-to-end test."""

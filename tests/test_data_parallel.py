@@ -159,6 +159,14 @@ def processes_under(path: Path) -> list[str]:
     return [line for line in out.splitlines() if str(path) in line]
 
 
+# A checkpoint resumed across world sizes is the engine's, whatever the model: shown once per
+# launcher (torchrun: torch-scratch; TensorFlow's workers: tf-concise), not for every variant.
+RESUME_ACROSS_SIZES_SHOWN_BY = {
+    ("torch", "concise"): "torch-scratch",
+    ("tf", "scratch"): "tf-concise",
+}
+
+
 @pytest.mark.parametrize(
     ("backend", "variant", "comm"),
     [
@@ -187,6 +195,9 @@ def test_rnn_train_launches_the_ranks_and_resumes_a_single_process_checkpoint(
         == json.loads((one / "data/models" / run / "run.json").read_text())["params"]["train"]
     )
     assert largest_difference(weights(one, run), weights(two, run)) <= TOLERANCE
+    if (backend, variant) in RESUME_ACROSS_SIZES_SHOWN_BY:
+        assert processes_under(tmp_path) == []
+        return
     # One epoch in one process, one in two, the last in one: each resumes the one before.
     mixed = workspace(tmp_path / "mixed", data_parallel=1, over=over)
     for size in (1, 2, 1):

@@ -162,8 +162,9 @@ def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
 
 def test_every_cell_through_dvc_repro_and_the_flow(harness, repo):
     """GRU and LSTM (two layers, dropout, Adam with a cosine schedule) in both frameworks and
-    both implementations: `dvc repro` trains them, the flow reuses them; the flow trains them
-    with another rate, and `dvc repro` afterwards has nothing to do."""
+    both implementations: `dvc repro` trains them; the flow trains them with another rate, and
+    `dvc repro` afterwards has nothing to do. (That the flow reuses what `dvc repro` made is
+    test_dvc_repro_and_flow_are_one_pipeline's; it does not depend on the cell.)"""
     params = tiny_params()
     params["train"].update(
         models=["gru", "lstm"],
@@ -185,10 +186,6 @@ def test_every_cell_through_dvc_repro_and_the_flow(harness, repo):
         for m in ("gru", "lstm")
     ]
     assert all(f"Running stage 'train@{r}'" in first for r in runs)
-    from uuid import UUID
-
-    states = task_states(UUID(run_flow(repo, harness)))
-    assert all(states[f"train-{r}"] in ("Completed", "Cached") for r in runs), states
     params["train"]["lr"] = 0.02
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_flow(repo, harness)
