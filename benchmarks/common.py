@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,12 @@ def time_training(
     epochs: int = 2,
     threads: int | None = None,
     cell: str = "rnn",
+    probe: Callable[[], dict] | None = None,
 ) -> dict:
     """Tokens/s of our engine at the book's settings (batch 32 x 35, sequential, lr 1, theta 1)
-    over ``epochs`` whole epochs, after one warm-up epoch (tracing, compilation, allocation)."""
+    over ``epochs`` whole epochs, after one warm-up epoch (tracing, compilation, allocation).
+    ``probe``, if given, runs before each timed epoch and after the last, outside the clock
+    (a measurement to compare each epoch with under the same load: ``probes``)."""
     engine = make_engine(
         backend,
         variant,
@@ -63,15 +67,24 @@ def time_training(
         threads=threads,
     )
     engine.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")
-    t0, tokens = time.perf_counter(), 0
+    seconds, tokens, per_epoch, probes = 0.0, 0, [], []
     for epoch in range(epochs):
+        if probe:
+            probes.append(probe())
+        t0 = time.perf_counter()
         loss, count = engine.train_epoch(
             *epoch_minibatches(ids, 32, 35, "sequential", 0, epoch), "sequential"
         )
-        tokens += count
+        elapsed = time.perf_counter() - t0
+        seconds, tokens = seconds + elapsed, tokens + count
+        per_epoch.append(count / elapsed)
+    if probe:
+        probes.append(probe())
     return {
         "device": str(engine.device),
-        "tokens_per_s": tokens / (time.perf_counter() - t0),
+        "tokens_per_s": tokens / seconds,
+        "epoch_tokens_per_s": per_epoch,
+        "probes": probes,
         "perplexity": float(np.exp(loss / count)),
     }
 

@@ -4,9 +4,11 @@ each cell: one product per gate and step, eager; concise: nn.RNN/GRU/LSTM and th
 and our engine alternate, each in a fresh process, at the same settings on the full canonical
 text (batch 32 x 35 steps, sequential; the RNN at the book's table's 512 scratch / 256 concise
 units, the gated cells at 256), tokens/s over whole epochs. Also reports the achieved FLOP/s
-against a measured matrix-multiply rate at the recurrent shape (batch x hidden x gates*hidden),
-and for each speed target the share of that rate the target's tokens/s would take: above 100%,
-no code doing the cell's products can meet it on the machine at hand.
+against the measured matrix-multiply rate over one minibatch's products at their own shapes
+(benchmarks/gemm_rates.py, measured beside each pair; and, as earlier tables did, at the fused
+recurrent shape batch x hidden x gates*hidden alone), and for each speed target the share of that
+rate the target's tokens/s would take: above 100%, no code doing the cell's products can meet it
+on the machine at hand.
 
     python benchmarks/throughput.py [--repeats 3] [--epochs 2] [--cells rnn gru lstm]
                                     [--runs torch-scratch ...] [--json out.json]
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SEED_BASELINE, TIME_MACHINE, last_json, pair
+from common import SEED_BASELINE, TIME_MACHINE, pair
 
 HIDDENS = {"scratch": 512, "concise": 256}  # the book's table, for the RNN
 GATED_HIDDENS = 256  # the book's GRU and LSTM sections
@@ -34,44 +36,63 @@ OURS = r"""
 import json, sys, tempfile, pathlib
 sys.path.insert(0, {root!r})
 from benchmarks.common import canonical_training_data, time_training
+from benchmarks.gemm_rates import measure
 with tempfile.TemporaryDirectory() as work:
     ids, vocab_size = canonical_training_data(pathlib.Path(work))
     print(json.dumps(time_training({backend!r}, {variant!r}, {hiddens}, ids, vocab_size,
-                                   epochs={epochs}, threads={threads}, cell={cell!r})))
+                                   epochs={epochs}, threads={threads}, cell={cell!r},
+                                   probe=lambda: measure({module!r}, {shapes!r}))))
 """
 
-GEMM = r"""
-import json, time
-import {module}
-if {module!r} == "torch":
-    import torch; {threads} and torch.set_num_threads({threads}); a, w = torch.randn({b}, {h}), torch.randn({h}, {n})
-    products = {{"mkl": lambda: torch.mm(a, w)}}
-    from rnn.torch.kernels import _ONEDNN
-    if _ONEDNN:
-        lin, pack = _ONEDNN
-        packed = pack(w.t().contiguous(), {b})  # oneDNN's linear computes a @ W^T
-        products["onednn"] = lambda: lin(a, packed, None, "none", [], "")
-else:
-    import tensorflow as tf; a, w = tf.random.normal(({b}, {h})), tf.random.normal(({h}, {n})) / {n} ** 0.5
+# The scratch GRU is the book's: its reset gate must be known before the candidate's product, so
+# each step makes two products (z, r | candidate); every other cell fuses its gates into one.
+TWO_PRODUCT_GRU = {"scratch"}
 
-    @tf.function(jit_compile=True)
-    def chain(x):  # 100 dependent products in one call, as in a compiled epoch
-        for _ in range(100):
-            x = tf.linalg.matmul(x, w)[:, :{h}]
-        return x
+Product = tuple[int, int, int, int]  # (m, k, n, calls per minibatch); calls > 1: per step
 
-    products = {{"xla": lambda: chain(a)}}
-rates = {{}}
-for name, product in products.items():
-    calls = 20 if name == "xla" else 2000
-    per_call = 100 if name == "xla" else 1
-    for _ in range(3): product()
-    t0 = time.perf_counter()
-    for _ in range(calls): r = product()
-    float(r[0, 0])
-    rates[name] = calls * per_call * 2 * {b} * {h} * {n} / (time.perf_counter() - t0)
-print(json.dumps({{"flops": max(rates.values()), "rates": rates}}))
-"""
+
+def minibatch_products(cell: str, variant: str, h: int) -> list[Product]:
+    """Every matrix product of one training minibatch (batch B x T steps) that flops_per_token
+    counts, at the shapes the cell's maths gives it: per step the recurrent product(s) forward
+    and back through the recurrent weights; once, the weight gradient summed over all steps and
+    the output layer's three products. The input's share (a row gather) is not a product."""
+    rows = B * T
+    two_products = cell == "gru" and variant in TWO_PRODUCT_GRU
+    gate_widths = [2 * h, h] if two_products else [GATES[cell] * h]
+    steps = [(B, h, n, T) for n in gate_widths] + [(B, n, h, T) for n in gate_widths]
+    weight_grads = [(h, rows, n, 1) for n in gate_widths]
+    output = [(rows, h, V, 1), (rows, V, h, 1), (h, rows, V, 1)]
+    return steps + weight_grads + output
+
+
+def measured_shapes(cell: str, variant: str, h: int) -> list[tuple[int, int, int, bool]]:
+    """The shapes gemm_rates.measure times for a cell: its minibatch's products (per step or
+    not) and the fused gates' shape B x h x gates*h, the single figure earlier tables used."""
+    products = minibatch_products(cell, variant, h)
+    fused = (B, h, GATES[cell] * h, True)
+    return sorted({(m, k, n, calls > 1) for m, k, n, calls in products} | {fused})
+
+
+def reference_rates(measured: dict, cell: str, variant: str, h: int) -> dict:
+    """From one gemm_rates.measure result: the best libraries' rate over exactly one
+    minibatch's products, each shape timed alone ("flops"), and the fused shape's rate."""
+    products = minibatch_products(cell, variant, h)
+    seconds = measured["seconds"]
+    flops = sum(2 * m * k * n * calls for m, k, n, calls in products)
+    assert flops == flops_per_token(h, GATES[cell]) * B * T, "products and FLOP count disagree"
+    total = sum(calls * seconds[f"{m}x{k}x{n}"] for m, k, n, calls in products)
+    m, k, n = B, h, GATES[cell] * h
+    return {"flops": flops / total, "fused_shape_flops": 2 * m * k * n / seconds[f"{m}x{k}x{n}"]}
+
+
+def epoch_shares(ours: dict, per_token: float, cell: str, variant: str, h: int, key: str) -> list:
+    """Each timed epoch's achieved FLOP/s as a share of the reference rate ``key`` measured just
+    before and just after it in the same process (their mean)."""
+    rates = [reference_rates(p, cell, variant, h)[key] for p in ours["probes"]]
+    return [
+        tps * per_token / ((rates[e] + rates[e + 1]) / 2)
+        for e, tps in enumerate(ours["epoch_tokens_per_s"])
+    ]
 
 
 def flops_per_token(h: int, gates: int = 1) -> float:
@@ -120,6 +141,7 @@ def main() -> int:
             "--cell",
             cell,
         ]
+        shapes = measured_shapes(cell, variant, h)
         ours_cmd = [
             sys.executable,
             "-c",
@@ -131,33 +153,35 @@ def main() -> int:
                 epochs=args.epochs,
                 threads=args.threads or None,
                 cell=cell,
+                module="torch" if backend == "torch" else "tensorflow",
+                shapes=[list(shape) for shape in shapes],
             ),
         ]
         # Pairs alternate which side runs first; the ratio is the median of the pairs' ratios,
-        # so a slow spell on a shared host hits both sides of a pair instead of one figure.
+        # so a slow spell on a shared host hits both sides of a pair instead of one figure. The
+        # product rates are measured in our process between its epochs for the same reason, and
+        # each epoch's share is against the rates measured just before and after it.
         pairs = [pair(seed_cmd, ours_cmd, flip=i % 2 == 1) for i in range(args.repeats)]
         seed = {"tokens_per_s": statistics.median(p[0]["tokens_per_s"] for p in pairs)}
         ours = {"tokens_per_s": statistics.median(p[1]["tokens_per_s"] for p in pairs)}
         pair_ratios = [p[1]["tokens_per_s"] / p[0]["tokens_per_s"] for p in pairs]
-        gemm = last_json(
-            [
-                sys.executable,
-                "-c",
-                GEMM.format(
-                    module="torch" if backend == "torch" else "tensorflow",
-                    b=B,
-                    h=h,
-                    n=gates * h,
-                    threads=args.threads,
-                ),
-            ]
-        )
+        per_token = flops_per_token(h, gates)
+        shares = [epoch_shares(p[1], per_token, cell, variant, h, "flops") for p in pairs]
+        fused_shares = [
+            epoch_shares(p[1], per_token, cell, variant, h, "fused_shape_flops") for p in pairs
+        ]
+        pair_rates = [
+            statistics.median(reference_rates(m, cell, variant, h)["flops"] for m in p[1]["probes"])
+            for p in pairs
+        ]
         ratio = statistics.median(pair_ratios)
-        achieved = ours["tokens_per_s"] * flops_per_token(h, gates)
-        # The rate the target asks for, as a share of the best product rate: above 1, no code
+        # The rate the target asks for, as a share of the best product rates: above 1, no code
         # doing these products can meet it on this machine (the products alone take longer).
         target_needs = (
-            target * seed["tokens_per_s"] * flops_per_token(h, gates) / gemm["flops"]
+            statistics.median(
+                target * p[0]["tokens_per_s"] * per_token / rate
+                for p, rate in zip(pairs, pair_rates, strict=True)
+            )
             if target
             else None
         )
@@ -170,30 +194,41 @@ def main() -> int:
                 "pair_ratios": [round(r, 2) for r in pair_ratios],
                 "target": target,
                 "ok": target is None or ratio >= target,
-                "achieved_gflops": round(achieved / 1e9, 1),
-                "gemm_gflops": round(gemm["flops"] / 1e9, 1),
-                "of_gemm": round(achieved / gemm["flops"], 2),
+                "achieved_gflops": round(ours["tokens_per_s"] * per_token / 1e9, 1),
+                "gemm_gflops": round(statistics.median(pair_rates) / 1e9, 1),
+                "of_gemm": round(statistics.median(x for p in shares for x in p), 2),
+                "pair_of_gemm": [round(statistics.median(p), 2) for p in shares],
+                "of_fused_shape_gemm": round(
+                    statistics.median(x for p in fused_shares for x in p), 2
+                ),
                 "target_needs_of_gemm": target_needs and round(target_needs, 2),
-                "gemm_by_library": {k: round(v / 1e9, 1) for k, v in gemm["rates"].items()},
+                "gemm_by_shape": pairs[-1][1]["probes"][-1]["gflops"],
             }
         )
         print(json.dumps(rows[-1]), flush=True)
     print(
         "\n| run | chapter tok/s | ours tok/s | ratio | target | achieved GFLOP/s "
-        "| best GEMM GFLOP/s | of GEMM | target needs |"
+        "| GEMM GFLOP/s at its shapes | of GEMM [pairs] | of the fused shape's | target needs |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         target = "-" if r["target"] is None else f"{r['target']}x"
+        needs = r["target_needs_of_gemm"]
         print(
             f"| {r['run']} | {r['seed_tokens_per_s']:,} | {r['ours_tokens_per_s']:,} | "
             f"{r['ratio']}x {'ok' if r['ok'] else 'MISS'} | {target} | "
-            f"{r['achieved_gflops']} | {r['gemm_gflops']} | {r['of_gemm']:.0%} | "
-            f"{'-' if r['target_needs_of_gemm'] is None else format(r['target_needs_of_gemm'], '.0%')} |"
+            f"{r['achieved_gflops']} | {r['gemm_gflops']} | {r['of_gemm']:.0%} "
+            f"{[format(x, '.0%') for x in r['pair_of_gemm']]} | "
+            f"{r['of_fused_shape_gemm']:.0%} | "
+            f"{'-' if needs is None else format(needs, '.0%')} |"
         )
     print(
         f"\ntok/s: medians over {args.repeats} pair(s); ratio: the median of the pairs' own ratios;"
-        " target needs: the FLOP/s the target's tokens/s takes, as a share of the best GEMM rate"
+        " of GEMM: each timed epoch's tokens/s x FLOPs per token against the best library's rate"
+        " over one minibatch's products at their own shapes, measured in the same process before"
+        " and after it (median over all epochs; in brackets each pair's);"
+        " of the fused shape's: against batch x hidden x gates*hidden alone; target needs: the"
+        " FLOP/s the target's tokens/s takes, as a share of the GEMM rate at its shapes"
     )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -7,8 +7,12 @@ call of several microseconds; fused, the step is its product plus one call. Not 
 extension (no torch headers, so it compiles in a fraction of a second) and not ``torch.compile``
 (a compiled call's guards cost more than the operations it would fuse at these sizes).
 
+Built with OpenMP where the compiler has it: each step's rows are split over the threads that
+the step's product just used (PyTorch's own OpenMP runtime, already loaded, so the library shares
+its pool and its thread count, and rows are independent: the result does not depend on it).
+
 The library is cached under ``$XDG_CACHE_HOME/rnn-pipeline`` (default ``~/.cache``), keyed by
-the source, the compiler and the CPU, and written by rename, so concurrent first uses are safe.
+the source, the compiler, its flags and the CPU, and written by rename, so concurrent first uses are safe.
 ``RNN_TORCH_FUSED=0`` turns it off; without a compiler, or if the library misbehaves on a start-up
 check, the recurrences keep their eager code (the same maths, rounded differently).
 """
@@ -30,13 +34,16 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("pointwise.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared"]
+# OpenMP splits a step's rows over PyTorch's threads (its libgomp is already loaded, so the
+# library shares that runtime and its thread count); a compiler without it builds the serial loops.
+THREADING = (["-fopenmp"], ["-fopenmp-simd"])
 FUNCTIONS = {  # name -> number of int arguments before the pointers, number of pointers
     "lstm_forward": 6,
     "lstm_backward": 6,
-    "gru_gates": 4,
-    "gru_blend": 5,
-    "gru_backward_z": 6,
+    "gru_gates": 5,
+    "gru_blend": 6,
+    "gru_backward_z": 8,
     "gru_backward_r": 7,
 }
 
@@ -57,9 +64,20 @@ def _cpu_id() -> str:
 
 
 def _build(compiler: str) -> Path:
+    """The compiled library, built on first use: with OpenMP where the compiler has it."""
+    failure: subprocess.SubprocessError | None = None
+    for threading in THREADING:
+        try:
+            return _build_with(compiler, [*FLAGS, *threading])
+        except subprocess.SubprocessError as error:
+            failure = error
+    raise failure  # type: ignore[misc]
+
+
+def _build_with(compiler: str, flags: list[str]) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(
-        source + compiler.encode() + " ".join(FLAGS).encode() + _cpu_id().encode()
+        source + compiler.encode() + " ".join(flags).encode() + _cpu_id().encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"pointwise-{key}.so"
     if target.exists():
@@ -68,7 +86,7 @@ def _build(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(built)],
+            [compiler, *flags, str(SOURCE), "-o", str(built)],
             check=True,
             capture_output=True,
             timeout=120,

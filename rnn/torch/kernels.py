@@ -64,11 +64,12 @@ def onednn_usable(t: Tensor) -> bool:
 PACK_MIN_CALLS = 4
 
 
-def right_multiplier(w: Tensor, rows: int, calls: int) -> RightMultiply:
+def right_multiplier(w: Tensor, rows: int, calls: int, pack: bool = True) -> RightMultiply:
     """``f(x, add) = x @ w (+ add)`` for ``rows``-row inputs ``x``, to be called ``calls`` times;
-    ``w`` is packed once for oneDNN when that pays; it may be a view (a column slice of the
-    gates' weights, or a transpose): packing reads it through one explicit copy."""
-    if onednn_usable(w) and calls >= PACK_MIN_CALLS:
+    ``w`` is packed once for oneDNN when that pays (``pack=False``: the caller measured that it
+    does not); it may be a view (a column slice of the gates' weights, or a transpose): packing
+    reads it through one explicit copy, the plain product reads it in place."""
+    if pack and onednn_usable(w) and calls >= PACK_MIN_CALLS:
         linear, reorder = _ONEDNN  # type: ignore[misc]
         packed = reorder(fused.transposed(w), rows)  # oneDNN's linear computes x @ W^T
 

@@ -12,6 +12,11 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Rows are independent: with OpenMP (built with -fopenmp, sharing PyTorch's own runtime and
+   thread count) a step's rows are split over the threads the products just used, so the result
+   does not depend on the thread count. Below this many elements a step is not worth a fork. */
+#define PARALLEL_MIN 4096
+
 static inline float exp_approx(float x) {
     /* Branch-free so that it vectorises: clamped to exp's float range by arithmetic masks (a
        NaN compares false and flows through to a NaN result); n = floor(x / ln 2 + 1/2) by
@@ -44,6 +49,7 @@ static inline float tanh_approx(float x) { return 2.0f / (1.0f + exp_approx(-2.0
    gates = [sig(i, f, o), tanh(c~)]; c' = f c + i c~; tanh_c = tanh(c'); h' = o tanh_c. */
 void lstm_forward(int rows, int h, const float *pre, const float *c, float *gates, float *c_new,
                   float *tanh_c, float *h_new) {
+#pragma omp parallel for schedule(static) if (rows * h >= PARALLEL_MIN)
     for (int b = 0; b < rows; b++) {
         const float *p = pre + (int64_t)b * 4 * h;
         float *g = gates + (int64_t)b * 4 * h;
@@ -68,6 +74,7 @@ void lstm_forward(int rows, int h, const float *pre, const float *c, float *gate
    to dL/dC), the gradient of the four pre-activations (`grad_pre`, rows x 4h). */
 void lstm_backward(int rows, int h, const float *gates, const float *c, const float *tanh_c,
                    const float *grad_h, float *grad_c, float *grad_pre) {
+#pragma omp parallel for schedule(static) if (rows * h >= PARALLEL_MIN)
     for (int b = 0; b < rows; b++) {
         const float *g = gates + (int64_t)b * 4 * h;
         const float *cb = c + (int64_t)b * h, *tc = tanh_c + (int64_t)b * h;
@@ -86,49 +93,61 @@ void lstm_backward(int rows, int h, const float *gates, const float *c, const fl
     }
 }
 
-/* The book's GRU, after the product of H with [W_hz, W_hr]: gates = sig(pre) (z, r side by
-   side, rows x 2h); inner = R H, the candidate product's input. */
-void gru_gates(int rows, int h, const float *pre, const float *hprev, float *gates,
-               float *inner) {
+/* The book's GRU, after the product of H with [W_hz, W_hr]: gates = sig(pre + xw) (z, r side by
+   side, rows x 2h; xw the input's share); inner = R H, the candidate product's input. The input's
+   share is added here rather than by the product: a product that adds it first copies it into
+   its output, a pass of its own. */
+void gru_gates(int rows, int h, const float *pre, const float *xw, const float *hprev,
+               float *gates, float *inner) {
+#pragma omp parallel for schedule(static) if (rows * h >= PARALLEL_MIN)
     for (int b = 0; b < rows; b++) {
-        const float *p = pre + (int64_t)b * 2 * h, *hp = hprev + (int64_t)b * h;
+        const float *p = pre + (int64_t)b * 2 * h, *x = xw + (int64_t)b * 2 * h;
+        const float *hp = hprev + (int64_t)b * h;
         float *g = gates + (int64_t)b * 2 * h, *in = inner + (int64_t)b * h;
 #pragma omp simd
-        for (int j = 0; j < 2 * h; j++) g[j] = sigmoid(p[j]);
+        for (int j = 0; j < 2 * h; j++) g[j] = sigmoid(p[j] + x[j]);
 #pragma omp simd
         for (int j = 0; j < h; j++) in[j] = g[h + j] * hp[j];
     }
 }
 
-/* After the candidate's product: cand = tanh(pre); H' = Z H + (1 - Z) cand. */
-void gru_blend(int rows, int h, const float *pre, const float *gates, const float *hprev,
-               float *cand, float *h_new) {
+/* After the candidate's product: cand = tanh(pre + xw); H' = Z H + (1 - Z) cand. */
+void gru_blend(int rows, int h, const float *pre, const float *xw, const float *gates,
+               const float *hprev, float *cand, float *h_new) {
+#pragma omp parallel for schedule(static) if (rows * h >= PARALLEL_MIN)
     for (int b = 0; b < rows; b++) {
-        const float *p = pre + (int64_t)b * h, *z = gates + (int64_t)b * 2 * h;
-        const float *hp = hprev + (int64_t)b * h;
+        const float *p = pre + (int64_t)b * h, *x = xw + (int64_t)b * h;
+        const float *z = gates + (int64_t)b * 2 * h, *hp = hprev + (int64_t)b * h;
         float *cd = cand + (int64_t)b * h, *hn = h_new + (int64_t)b * h;
 #pragma omp simd
         for (int j = 0; j < h; j++) {
-            float cj = tanh_approx(p[j]);
+            float cj = tanh_approx(p[j] + x[j]);
             cd[j] = cj;
             hn[j] = cj + z[j] * (hp[j] - cj);
         }
     }
 }
 
-/* GRU backward, first half: from dL/dH' the gradients of z's pre-activation (into `back`, whose
-   rows are [d_z, d_r], rows x 2h) and of the candidate's (`grad_cand`). */
+/* GRU backward, first half: dL/dH' = `prod` + `carry` (the previous call's product back through
+   [W_hz, W_hr] and gru_backward_r's carry; carry NULL at the last step) into `grad_h`, and from
+   it the gradients of z's pre-activation (into `back`, whose rows are [d_z, d_r], rows x 2h) and
+   of the candidate's (`grad_cand`). */
 void gru_backward_z(int rows, int h, const float *gates, const float *cand, const float *hprev,
-                    const float *grad_h, float *back, float *grad_cand) {
+                    const float *prod, const float *carry, float *grad_h, float *back,
+                    float *grad_cand) {
+#pragma omp parallel for schedule(static) if (rows * h >= PARALLEL_MIN)
     for (int b = 0; b < rows; b++) {
         const float *z = gates + (int64_t)b * 2 * h, *cd = cand + (int64_t)b * h;
-        const float *hp = hprev + (int64_t)b * h, *dh = grad_h + (int64_t)b * h;
+        const float *hp = hprev + (int64_t)b * h, *pr = prod + (int64_t)b * h;
+        const float *cy = carry ? carry + (int64_t)b * h : 0;
+        float *dh = grad_h + (int64_t)b * h;
         float *bz = back + (int64_t)b * 2 * h, *dc = grad_cand + (int64_t)b * h;
 #pragma omp simd
         for (int j = 0; j < h; j++) {
-            float zj = z[j], cj = cd[j];
-            bz[j] = dh[j] * (hp[j] - cj) * zj * (1.0f - zj);
-            dc[j] = dh[j] * (1.0f - zj) * (1.0f - cj * cj);
+            float zj = z[j], cj = cd[j], d = pr[j] + (cy ? cy[j] : 0.0f);
+            dh[j] = d;
+            bz[j] = d * (hp[j] - cj) * zj * (1.0f - zj);
+            dc[j] = d * (1.0f - zj) * (1.0f - cj * cj);
         }
     }
 }
@@ -138,6 +157,7 @@ void gru_backward_z(int rows, int h, const float *gates, const float *cand, cons
    of `back` with [W_hz, W_hr]^T: dL/dH' Z + d_rh R (+ the loss's own gradient at H, `later`). */
 void gru_backward_r(int rows, int h, const float *gates, const float *hprev, const float *grad_h,
                     const float *d_rh, const float *later, float *back, float *carry) {
+#pragma omp parallel for schedule(static) if (rows * h >= PARALLEL_MIN)
     for (int b = 0; b < rows; b++) {
         const float *z = gates + (int64_t)b * 2 * h, *r = z + h;
         const float *hp = hprev + (int64_t)b * h, *dh = grad_h + (int64_t)b * h;
@@ -167,6 +187,7 @@ static void transpose_edge(int i0, int i1, int j0, int j1, int rows, int ld, con
 
 void transpose(int rows, int cols, int ld, const float *src, float *dst) {
     enum { TILE = 64, BLOCK = 8 };
+#pragma omp parallel for schedule(static) if ((int64_t)rows * cols >= 64 * PARALLEL_MIN)
     for (int i0 = 0; i0 < rows; i0 += TILE) {
         int i1 = i0 + TILE < rows ? i0 + TILE : rows;
         for (int j0 = 0; j0 < cols; j0 += TILE) {

@@ -22,6 +22,11 @@ from torch import Tensor, nn
 from rnn.torch import fused
 from rnn.torch.kernels import matmul, right_multiplier, tanh_linear
 
+# The book's GRU makes four products a step at half the fused gates' width or less, each with its
+# own weight: packing those four for oneDNN every minibatch measured 18% slower over a forward and
+# backward pass (32 x 35, 256 units) than the plain products reading the weights in place.
+BOOK_GRU_PACKS = False
+
 # One-hot columns make each step's product (hidden + vocab) wide instead of hidden: worth it for
 # the fused tanh while vocab is a small share of hidden (characters), not for words.
 ONE_HOT_MAX_SHARE = 0.125
@@ -112,8 +117,8 @@ class GRURecurrence(torch.autograd.Function):
         elif fused.usable(xw_h):
             _gru_forward_fused(xw_zr, xw_h, W_h, hs, gates, inner, cand)
         else:
-            times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps)
-            times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps)
+            times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps, pack=BOOK_GRU_PACKS)
+            times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps, pack=BOOK_GRU_PACKS)
             for t in range(steps):
                 torch.sigmoid(times_zr(hs[t], xw_zr[t]), out=gates[t])
                 torch.mul(gates[t, :, hidden:], hs[t], out=inner[t])
@@ -146,8 +151,12 @@ class GRURecurrence(torch.autograd.Function):
         if ctx.reset_after:
             times_w_t = right_multiplier(W_h.t(), batch, steps)
         else:
-            times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t(), batch, steps)
-            times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t(), batch, steps)
+            times_zr_t = right_multiplier(
+                W_h[:, : 2 * hidden].t(), batch, steps, pack=BOOK_GRU_PACKS
+            )
+            times_hh_t = right_multiplier(
+                W_h[:, 2 * hidden :].t(), batch, steps, pack=BOOK_GRU_PACKS
+            )
         grad_h = grad_hs[steps - 1]
         for t in range(steps - 1, -1, -1):
             torch.mul(grad_h, coef_z[t], out=back[t, :, :hidden])
@@ -166,48 +175,64 @@ class GRURecurrence(torch.autograd.Function):
             grad_w = _weight_grad(h_prev, back)
             grad_b_hh = back[..., 2 * hidden :].sum((0, 1))
         else:
-            grad_w = torch.cat([_weight_grad(h_prev, back), _weight_grad(inner, grad_c)], 1)
+            grad_w = _book_gru_weight_grad(hs, inner, back, grad_c)
             grad_b_hh = None
         return back[..., : 2 * hidden], grad_c, grad_h, grad_w, grad_b_hh, None
 
 
 def _gru_forward_fused(xw_zr, xw_h, W_h, hs, gates, inner, cand) -> None:
     """The book's GRU forward, one C call after each of a step's two products
-    (rnn/torch/pointwise.c), into the buffers GRURecurrence.forward allocated. Each tensor is
-    split into its steps once: indexing per step costs a dispatch each time."""
+    (rnn/torch/pointwise.c), into the buffers GRURecurrence.forward allocated; the kernels add
+    the input's share. Each tensor is split into its steps once: indexing per step costs a
+    dispatch each time."""
     steps, batch, hidden = cand.shape
-    times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps)
-    times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps)
+    times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps, pack=BOOK_GRU_PACKS)
+    times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps, pack=BOOK_GRU_PACKS)
     gates_step, blend_step = fused.kernel("gru_gates"), fused.kernel("gru_blend")
     h, g, r_h, c = hs.unbind(0), gates.unbind(0), inner.unbind(0), cand.unbind(0)
     x_zr, x_h = xw_zr.unbind(0), xw_h.unbind(0)
     for t in range(steps):
-        gates_step(batch, hidden, times_zr(h[t], x_zr[t]), h[t], g[t], r_h[t])
-        blend_step(batch, hidden, times_hh(r_h[t], x_h[t]), g[t], h[t], c[t], h[t + 1])
+        gates_step(batch, hidden, times_zr(h[t], None), x_zr[t], h[t], g[t], r_h[t])
+        blend_step(batch, hidden, times_hh(r_h[t], None), x_h[t], g[t], h[t], c[t], h[t + 1])
 
 
 def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h):
     """The book's GRU backward with each step's elementwise work in two C calls: the same
     gradients as GRURecurrence.backward's eager loop, as (dL/dxw_zr, dL/dxw_h, dL/dh0,
-    dL/dW_h)."""
+    dL/dW_h). dL/dH is kept as a product and a carry that the next step's first kernel adds."""
     steps, batch, hidden = cand.shape
     back = cand.new_empty(steps, batch, 2 * hidden)  # [d_z, d_r] pre-activations
     grad_c = cand.new_empty(steps, batch, hidden)
-    carry = cand.new_empty(batch, hidden)
-    times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t(), batch, steps)
-    times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t(), batch, steps)
+    grad_h, carry = cand.new_empty(batch, hidden), cand.new_empty(batch, hidden)
+    times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t(), batch, steps, pack=BOOK_GRU_PACKS)
+    times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t(), batch, steps, pack=BOOK_GRU_PACKS)
     z_step, r_step = fused.kernel("gru_backward_z"), fused.kernel("gru_backward_r")
     g, h, d_out = gates.unbind(0), hs.unbind(0), grad_hs.unbind(0)
     d_zr, d_c, c = back.unbind(0), grad_c.unbind(0), cand.unbind(0)
-    grad_h = d_out[steps - 1]
+    prod, added = d_out[steps - 1], None  # dL/dH_T: the loss's own gradient alone
     for t in range(steps - 1, -1, -1):
-        z_step(batch, hidden, g[t], c[t], h[t], grad_h, d_zr[t], d_c[t])
+        z_step(batch, hidden, g[t], c[t], h[t], prod, added, grad_h, d_zr[t], d_c[t])
         d_rh = times_hh_t(d_c[t], None)
         later = d_out[t - 1] if t > 0 else None
         r_step(batch, hidden, g[t], h[t], grad_h, d_rh, later, d_zr[t], carry)
-        grad_h = times_zr_t(d_zr[t], carry)
-    grad_w = torch.cat([_weight_grad(hs[:-1], back), _weight_grad(inner, grad_c)], 1)
-    return back, grad_c, grad_h, grad_w
+        prod, added = times_zr_t(d_zr[t], None), carry
+    return back, grad_c, prod.add_(carry), _book_gru_weight_grad(hs, inner, back, grad_c)
+
+
+def _book_gru_weight_grad(hs: Tensor, inner: Tensor, grad_zr: Tensor, grad_c: Tensor) -> Tensor:
+    """dL/dW_h of the book's GRU: sum_t H_t^T [d_z, d_r]_t beside sum_t (R * H)_t^T d_c_t, each
+    one product over all steps written into its block of the result (the library reads the
+    transposed operand in place: no copy, no concatenation)."""
+    hidden = inner.shape[-1]
+    grad_w = inner.new_empty(hidden, 3 * hidden)
+    torch.mm(_rows(hs[:-1]).t(), _rows(grad_zr), out=grad_w[:, : 2 * hidden])
+    torch.mm(_rows(inner).t(), _rows(grad_c), out=grad_w[:, 2 * hidden :])
+    return grad_w
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(steps, batch, n) as (steps x batch, n)."""
+    return t.reshape(-1, t.shape[-1])
 
 
 def _blend(h: Tensor, z: Tensor, c: Tensor, out: Tensor) -> Tensor:
