@@ -223,19 +223,24 @@ def test_torch_equals_tf(variant, cell, layers, scratch_inputs):
     assert_same_pass(run_pass("torch", torch_model), run_pass("tf", tf_model))
 
 
-def _torch_recurrence_inputs(cell: str, gen: torch.Generator):
+def _torch_recurrence_inputs(cell: str, gen: torch.Generator, table: bool = False):
+    """A recurrence and its inputs in float64; with ``table``, the input's share as a table of
+    4 rows gathered by token ids, as a first layer passes it."""
+
     def rand(*shape, scale=1.0):
         return (scale * torch.randn(shape, dtype=torch.double, generator=gen)).requires_grad_()
 
     steps, batch, hidden = 5, 2, 3
     gates = CELLS[cell].num_gates
-    xw, h0 = rand(steps, batch, gates * hidden), rand(batch, hidden)
+    ids = torch.randint(0, 4, (steps, batch), generator=gen) if table else None
+    lead = (4,) if table else (steps, batch)
+    xw, h0 = rand(*lead, gates * hidden), rand(batch, hidden)
     W_h = rand(hidden, gates * hidden, scale=0.5)
     if cell == "lstm":
-        return torch_rec.LSTMRecurrence.apply, (xw, h0, rand(batch, hidden), W_h)
+        return torch_rec.LSTMRecurrence.apply, (xw, ids, h0, rand(batch, hidden), W_h)
     if cell == "gru":  # the input's share comes as z and r apart from h
-        xw_zr, xw_h = rand(steps, batch, 2 * hidden), rand(steps, batch, hidden)
-        return torch_rec.GRURecurrence.apply, (xw_zr, xw_h, h0, W_h, None, False)
+        xw_zr, xw_h = rand(*lead, 2 * hidden), rand(*lead, hidden)
+        return torch_rec.GRURecurrence.apply, (xw_zr, xw_h, ids, h0, W_h, None, False)
     return torch_rec.TanhRecurrence.apply, (xw, h0, W_h)
 
 
@@ -245,9 +250,17 @@ def test_torch_recurrences_match_finite_differences(cell):
     fn, inputs = _torch_recurrence_inputs(cell, gen)
     assert torch.autograd.gradcheck(fn, inputs)
     if cell == "gru":  # PyTorch's form, with its recurrent bias
-        xw_zr, xw_h, h0, W_h, _, _ = inputs
+        xw_zr, xw_h, ids, h0, W_h, _, _ = inputs
         b_hh = torch.randn(3, dtype=torch.double, generator=gen).requires_grad_()
-        assert torch.autograd.gradcheck(fn, (xw_zr, xw_h, h0, W_h, b_hh, True))
+        assert torch.autograd.gradcheck(fn, (xw_zr, xw_h, ids, h0, W_h, b_hh, True))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_torch_recurrences_from_a_table_match_finite_differences(cell):
+    """A first layer's input share as a table with token ids: the gradient is each step's
+    added into its token's row (repeated ids included: 10 draws from 4 rows)."""
+    fn, inputs = _torch_recurrence_inputs(cell, torch.Generator().manual_seed(1), table=True)
+    assert torch.autograd.gradcheck(fn, inputs)
 
 
 def test_torch_one_hot_recurrence_matches_finite_differences():

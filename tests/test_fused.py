@@ -12,10 +12,14 @@ from rnn.torch.recurrences import GRURecurrence, LSTMRecurrence
 pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C compiler here")
 
 
-def run(cell: str, eager: bool, monkeypatch, steps=9, batch=4, hidden=24, seed=0):
+def run(cell: str, eager: bool, monkeypatch, table=False, steps=9, batch=4, hidden=24, seed=0):
+    """One forward and backward pass of a recurrence: outputs and the gradients of every input.
+    ``table``: the input's share as a 5-row table gathered by token ids (a first layer)."""
     gen = torch.Generator().manual_seed(seed)
     gates = 3 if cell == "gru" else 4
-    xw = (torch.randn(steps, batch, gates * hidden, generator=gen) * 2).requires_grad_()
+    ids = torch.randint(0, 5, (steps, batch), generator=gen) if table else None
+    lead = (5,) if table else (steps, batch)
+    xw = (torch.randn(*lead, gates * hidden, generator=gen) * 2).requires_grad_()
     h0 = torch.randn(batch, hidden, generator=gen).requires_grad_()
     c0 = torch.randn(batch, hidden, generator=gen).requires_grad_()
     W_h = (torch.randn(hidden, gates * hidden, generator=gen) * 0.5).requires_grad_()
@@ -25,31 +29,52 @@ def run(cell: str, eager: bool, monkeypatch, steps=9, batch=4, hidden=24, seed=0
             m.setattr(fused, "usable", lambda t: False)
         if cell == "gru":
             xw_zr, xw_h = xw[..., : 2 * hidden], xw[..., 2 * hidden :]
-            hs = GRURecurrence.apply(xw_zr, xw_h, h0, W_h, None, False)
+            hs = GRURecurrence.apply(xw_zr, xw_h, ids, h0, W_h, None, False)
             loss = (hs * weights).sum()
             inputs = (xw, h0, W_h)
         else:
-            hs, c_last = LSTMRecurrence.apply(xw, h0, c0, W_h)
+            hs, c_last = LSTMRecurrence.apply(xw, ids, h0, c0, W_h)
             loss = (hs * weights).sum() + (c_last * weights[0]).sum()
             inputs = (xw, h0, c0, W_h)
         grads = torch.autograd.grad(loss, inputs)
     return hs.detach(), grads
 
 
+@pytest.mark.parametrize("table", [False, True], ids=["xw", "table"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_fused_steps_equal_the_eager_recurrence(cell, monkeypatch):
-    hs_fused, grads_fused = run(cell, False, monkeypatch)
-    hs_eager, grads_eager = run(cell, True, monkeypatch)
+def test_fused_steps_equal_the_eager_recurrence(cell, table, monkeypatch):
+    hs_fused, grads_fused = run(cell, False, monkeypatch, table)
+    hs_eager, grads_eager = run(cell, True, monkeypatch, table)
     torch.testing.assert_close(hs_fused, hs_eager, atol=1e-6, rtol=1e-5)
     for a, b in zip(grads_fused, grads_eager, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_table_gradients_do_not_depend_on_the_thread_count(cell, monkeypatch):
+    """The backward kernels split columns over threads so that rows with the same token add
+    into their table row in one order: bit-identical gradients at one thread and at two (the
+    sizes are above the kernels' threshold for threading)."""
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(run(cell, False, monkeypatch, True, steps=6, batch=32, hidden=256))
+    finally:
+        torch.set_num_threads(before)
+    (hs_1, grads_1), (hs_2, grads_2) = results
+    assert torch.equal(hs_1, hs_2)
+    for a, b in zip(grads_1, grads_2, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_fused_kernels_pass_nan_through(monkeypatch):
     """A diverged run must still look diverged: NaN in, NaN out (the clamps must not hide it)."""
     hs, _ = run("lstm", False, monkeypatch)
     xw = torch.full((2, 1, 8), float("nan"))
-    out = LSTMRecurrence.apply(xw, torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(2, 8))[0]
+    zeros = torch.zeros(1, 2)
+    out = LSTMRecurrence.apply(xw, None, zeros, zeros, torch.zeros(2, 8))[0]
     assert torch.isnan(out).all() and torch.isfinite(hs).all()
 
 

@@ -38,13 +38,14 @@ FLAGS = ["-O3", "-march=native", "-fPIC", "-shared"]
 # OpenMP splits a step's rows over PyTorch's threads (its libgomp is already loaded, so the
 # library shares that runtime and its thread count); a compiler without it builds the serial loops.
 THREADING = (["-fopenmp"], ["-fopenmp-simd"])
-FUNCTIONS = {  # name -> number of int arguments before the pointers, number of pointers
-    "lstm_forward": 6,
-    "lstm_backward": 6,
-    "gru_gates": 5,
-    "gru_blend": 6,
+FUNCTIONS = {  # name -> number of pointers (after two ints: rows, hidden)
+    "lstm_forward": 8,
+    "lstm_backward": 7,
+    "gru_gates": 6,
+    "gru_blend": 7,
     "gru_backward_z": 8,
     "gru_backward_r": 7,
+    "scatter_add": 3,
 }
 
 
@@ -107,9 +108,9 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.SubprocessError):
         return None
-    for name, ints in FUNCTIONS.items():
+    for name, pointers in FUNCTIONS.items():
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * ints
+        fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * pointers
         fn.restype = None
     lib.transpose.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 2
     lib.transpose.restype = None
@@ -150,17 +151,20 @@ def transposed(t: Tensor) -> Tensor:
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """One LSTM step against PyTorch's own functions: a miscompiled or mis-vectorised library is
-    never used."""
+    """One LSTM step, its input gathered from a table, against PyTorch's own functions: a
+    miscompiled or mis-vectorised library is never used."""
     rows, h = 3, 5
     gen = torch.Generator().manual_seed(0)
     pre, c = torch.randn(rows, 4 * h, generator=gen) * 3, torch.randn(rows, h, generator=gen)
+    table, ids = torch.randn(4, 4 * h, generator=gen), torch.tensor([2, 0, 2])
     gates, c_new, tanh_c, h_new = (torch.empty(rows, n) for n in (4 * h, h, h, h))
-    lib.lstm_forward(rows, h, *(t.data_ptr() for t in (pre, c, gates, c_new, tanh_c, h_new)))
+    pointers = (t.data_ptr() for t in (pre, table, ids, c, gates, c_new, tanh_c, h_new))
+    lib.lstm_forward(rows, h, *pointers)
     block = torch.randn(7, 40, generator=gen)[:, 3:38]  # a column slice: rows 40 floats apart
     flipped = torch.empty(35, 7)
     lib.transpose(7, 35, 40, block.data_ptr(), flipped.data_ptr())
-    want = torch.cat([torch.sigmoid(pre[:, : 3 * h]), torch.tanh(pre[:, 3 * h :])], 1)
+    total = pre + table[ids]
+    want = torch.cat([torch.sigmoid(total[:, : 3 * h]), torch.tanh(total[:, 3 * h :])], 1)
     want_c = want[:, h : 2 * h] * c + want[:, :h] * want[:, 3 * h :]
     return bool(
         torch.allclose(gates, want, atol=1e-6)

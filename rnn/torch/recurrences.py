@@ -2,15 +2,20 @@
 backward pass (BPTT), so autograd does no per-step work.
 
 Every recurrence takes ``xw`` (steps, batch, gates x hidden): the input's contribution to every
-gate with its bias, computed for all steps at once outside (a row gather for token ids, one
-product for a layer below; the GRU's in two parts, z and r apart from h), and ``W_h`` (hidden, gates x hidden): the recurrent weights of every
-gate side by side, in the order of ``rnn.registry.CELLS`` (the book's names: z, r, h for the
+gate with its bias, computed for all steps at once outside (one product for a layer below; the
+GRU's in two parts, z and r apart from h), and ``W_h`` (hidden, gates x hidden): the recurrent
+weights of every gate side by side, in the order of ``rnn.registry.CELLS`` (the book's names: z, r, h for the
 GRU; i, f, o, c for the LSTM). Per step the forward runs as few products as the cell's maths
 allows (one for the RNN and LSTM; two for the book's GRU, whose reset gate must be known before
 it multiplies the candidate's product), and the backward one product per step back through
 ``W_h`` plus, for the weight gradient, one large product over all steps. The gradient with
-respect to ``xw`` is returned whole, so the input weights' gradients are one product (or a row
-scatter) outside too. Tests check every cell against finite differences, nn.GRU / nn.LSTM and
+respect to ``xw`` is returned whole, so the input weights' gradients are one product outside too.
+
+The gated cells' first layer passes, instead of ``xw``, a table (vocab, gates x hidden: ``W_x + b``
+for each token, what the book's one-hot product computes) with the token ``ids`` (steps, batch):
+the fused step kernels read each row's share from the table, which stays in cache, and add the
+gradient into the table's rows as they go, instead of a gathered copy of the whole sequence
+(4.5 MB for the LSTM at the book's sizes) and a scatter over it afterwards. Tests check every cell against finite differences, nn.GRU / nn.LSTM and
 the book's per-step code.
 """
 
@@ -80,33 +85,38 @@ class GRURecurrence(torch.autograd.Function):
     product and a recurrent bias ``b_hh`` inside it: C = tanh(xw_h + R * (H W_hh + b_hh)); the
     tests use it to prove this code against nn.GRU.
 
-    The input's share comes in two tensors, ``xw_zr`` (steps, batch, 2 hidden) and ``xw_h``
-    (steps, batch, hidden), and its gradient goes back the same way: each step's operands are
-    then contiguous rows with no copy of the whole sequence either way.
+    The input's share comes in two tensors, ``x_zr`` (steps, batch, 2 hidden) and ``x_h``
+    (steps, batch, hidden), or two tables with ``ids`` (see the module's notes), and its gradient
+    goes back the same way: each step's operands are then contiguous rows with no copy of the
+    whole sequence either way.
 
-    Every elementwise factor the backward pass needs is computed for all steps at once before
-    its loop, so a step there is two or three elementwise operations around its products (each
-    operation of PyTorch's eager mode costs a few microseconds however small its operands)."""
+    Every elementwise factor the eager backward pass needs is computed for all steps at once
+    before its loop, so a step there is two or three elementwise operations around its products
+    (each operation of PyTorch's eager mode costs a few microseconds however small its
+    operands)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx,
-        xw_zr: Tensor,
-        xw_h: Tensor,
+        x_zr: Tensor,
+        x_h: Tensor,
+        ids: Tensor | None,
         h0: Tensor,
         W_h: Tensor,
         b_hh: Tensor | None,
         reset_after: bool,
     ) -> Tensor:
-        steps, batch, hidden = xw_h.shape[0], xw_h.shape[1], h0.shape[-1]
-        hs = xw_h.new_empty(steps + 1, batch, hidden)
+        steps, (batch, hidden) = (x_h if ids is None else ids).shape[0], h0.shape
+        hs = x_h.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
-        gates = xw_h.new_empty(steps, batch, 2 * hidden)  # Z, R after the sigmoid
-        cand = xw_h.new_empty(steps, batch, hidden)  # C
+        gates = x_h.new_empty(steps, batch, 2 * hidden)  # Z, R after the sigmoid
+        cand = x_h.new_empty(steps, batch, hidden)  # C
         # reset before: R * H, the candidate product's input; reset after: H W_hh + b_hh
-        inner = xw_h.new_empty(steps, batch, hidden)
-        xw_zr, xw_h = xw_zr.contiguous(), xw_h.contiguous()
-        if reset_after:
+        inner = x_h.new_empty(steps, batch, hidden)
+        if not reset_after and fused.usable(x_h):
+            _gru_forward_fused(x_zr, x_h, ids, W_h, hs, gates, inner, cand)
+        elif reset_after:
+            xw_zr, xw_h = _gather(x_zr, ids).contiguous(), _gather(x_h, ids).contiguous()
             times_w = right_multiplier(W_h, batch, steps)
             for t in range(steps):
                 g = times_w(hs[t], None)
@@ -114,9 +124,8 @@ class GRURecurrence(torch.autograd.Function):
                 torch.add(g[:, 2 * hidden :], b_hh, out=inner[t])
                 torch.tanh(torch.addcmul(xw_h[t], gates[t, :, hidden:], inner[t]), out=cand[t])
                 _blend(hs[t], gates[t, :, :hidden], cand[t], out=hs[t + 1])
-        elif fused.usable(xw_h):
-            _gru_forward_fused(xw_zr, xw_h, W_h, hs, gates, inner, cand)
         else:
+            xw_zr, xw_h = _gather(x_zr, ids).contiguous(), _gather(x_h, ids).contiguous()
             times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps, pack=BOOK_GRU_PACKS)
             times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps, pack=BOOK_GRU_PACKS)
             for t in range(steps):
@@ -124,20 +133,20 @@ class GRURecurrence(torch.autograd.Function):
                 torch.mul(gates[t, :, hidden:], hs[t], out=inner[t])
                 torch.tanh(times_hh(inner[t], xw_h[t]), out=cand[t])
                 _blend(hs[t], gates[t, :, :hidden], cand[t], out=hs[t + 1])
-        ctx.save_for_backward(hs, gates, cand, inner, W_h)
-        ctx.reset_after = reset_after
+        ctx.save_for_backward(hs, gates, cand, inner, W_h, ids)
+        ctx.reset_after, ctx.table_rows = reset_after, x_h.shape[0]
         return hs[1:]
 
     @staticmethod
     def backward(ctx, grad_hs: Tensor):  # type: ignore[override]
-        hs, gates, cand, inner, W_h = ctx.saved_tensors
+        hs, gates, cand, inner, W_h, ids = ctx.saved_tensors
         steps, batch, hidden = cand.shape
         grad_hs = grad_hs.contiguous()
         if not ctx.reset_after and fused.usable(cand):
             grad_zr, grad_c, grad_h, grad_w = _gru_backward_fused(
-                grad_hs, hs, gates, cand, inner, W_h
+                grad_hs, hs, gates, cand, inner, W_h, ids, ctx.table_rows
             )
-            return grad_zr, grad_c, grad_h, grad_w, None, None
+            return grad_zr, grad_c, None, grad_h, grad_w, None, None
         z, r, h_prev = gates[..., :hidden], gates[..., hidden:], hs[:-1]
         # dL/dpre_z = dL/dH' (H - C) Z(1 - Z); dL/dpre_c = dL/dH' (1 - Z)(1 - C^2)
         coef_z = (h_prev - cand).mul_(z).mul_(1 - z)
@@ -177,10 +186,13 @@ class GRURecurrence(torch.autograd.Function):
         else:
             grad_w = _book_gru_weight_grad(hs, inner, back, grad_c)
             grad_b_hh = None
-        return back[..., : 2 * hidden], grad_c, grad_h, grad_w, grad_b_hh, None
+        grad_zr, grad_c = (
+            _table_grad(g, ids, ctx.table_rows) for g in (back[..., : 2 * hidden], grad_c)
+        )
+        return grad_zr, grad_c, None, grad_h, grad_w, grad_b_hh, None
 
 
-def _gru_forward_fused(xw_zr, xw_h, W_h, hs, gates, inner, cand) -> None:
+def _gru_forward_fused(x_zr, x_h, ids, W_h, hs, gates, inner, cand) -> None:
     """The book's GRU forward, one C call after each of a step's two products
     (rnn/torch/pointwise.c), into the buffers GRURecurrence.forward allocated; the kernels add
     the input's share. Each tensor is split into its steps once: indexing per step costs a
@@ -190,16 +202,17 @@ def _gru_forward_fused(xw_zr, xw_h, W_h, hs, gates, inner, cand) -> None:
     times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps, pack=BOOK_GRU_PACKS)
     gates_step, blend_step = fused.kernel("gru_gates"), fused.kernel("gru_blend")
     h, g, r_h, c = hs.unbind(0), gates.unbind(0), inner.unbind(0), cand.unbind(0)
-    x_zr, x_h = xw_zr.unbind(0), xw_h.unbind(0)
+    (x_zr, id_steps), (x_h, _) = _step_inputs(x_zr, ids, steps), _step_inputs(x_h, ids, steps)
     for t in range(steps):
-        gates_step(batch, hidden, times_zr(h[t], None), x_zr[t], h[t], g[t], r_h[t])
-        blend_step(batch, hidden, times_hh(r_h[t], None), x_h[t], g[t], h[t], c[t], h[t + 1])
+        i = id_steps[t]
+        gates_step(batch, hidden, times_zr(h[t], None), x_zr[t], i, h[t], g[t], r_h[t])
+        blend_step(batch, hidden, times_hh(r_h[t], None), x_h[t], i, g[t], h[t], c[t], h[t + 1])
 
 
-def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h):
+def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h, ids, table_rows):
     """The book's GRU backward with each step's elementwise work in two C calls: the same
-    gradients as GRURecurrence.backward's eager loop, as (dL/dxw_zr, dL/dxw_h, dL/dh0,
-    dL/dW_h). dL/dH is kept as a product and a carry that the next step's first kernel adds."""
+    gradients as GRURecurrence.backward's eager loop, as (dL/dx_zr, dL/dx_h, dL/dh0, dL/dW_h).
+    dL/dH is kept as a product and a carry that the next step's first kernel adds."""
     steps, batch, hidden = cand.shape
     back = cand.new_empty(steps, batch, 2 * hidden)  # [d_z, d_r] pre-activations
     grad_c = cand.new_empty(steps, batch, hidden)
@@ -209,14 +222,17 @@ def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h):
     z_step, r_step = fused.kernel("gru_backward_z"), fused.kernel("gru_backward_r")
     g, h, d_out = gates.unbind(0), hs.unbind(0), grad_hs.unbind(0)
     d_zr, d_c, c = back.unbind(0), grad_c.unbind(0), cand.unbind(0)
-    prod, added = d_out[steps - 1], None  # dL/dH_T: the loss's own gradient alone
+    zeros = torch.zeros_like(carry)
+    prod, added = d_out[steps - 1], zeros  # dL/dH_T: the loss's own gradient alone
     for t in range(steps - 1, -1, -1):
         z_step(batch, hidden, g[t], c[t], h[t], prod, added, grad_h, d_zr[t], d_c[t])
         d_rh = times_hh_t(d_c[t], None)
-        later = d_out[t - 1] if t > 0 else None
+        later = d_out[t - 1] if t > 0 else zeros
         r_step(batch, hidden, g[t], h[t], grad_h, d_rh, later, d_zr[t], carry)
         prod, added = times_zr_t(d_zr[t], None), carry
-    return back, grad_c, prod.add_(carry), _book_gru_weight_grad(hs, inner, back, grad_c)
+    grad_w = _book_gru_weight_grad(hs, inner, back, grad_c)
+    grad_x = (_table_grad(d, ids, table_rows) for d in (back, grad_c))
+    return *grad_x, prod.add_(carry), grad_w
 
 
 def _book_gru_weight_grad(hs: Tensor, inner: Tensor, grad_zr: Tensor, grad_c: Tensor) -> Tensor:
@@ -244,45 +260,52 @@ class LSTMRecurrence(torch.autograd.Function):
     """The book's LSTM, gates i, f, o and candidate c:
         I, F, O = sig(xw_{i,f,o} + H W_h{i,f,o}), C~ = tanh(xw_c + H W_hc),
         C' = F * C + I * C~, H' = O * tanh(C').
-    Returns every H and the last memory cell C. As in GRURecurrence, the backward pass computes
-    its elementwise factors for all steps before its loop."""
+    ``x`` is xw, or a table with ``ids`` (see the module's notes). Returns every H and the last
+    memory cell C. As in GRURecurrence, the eager backward pass computes its elementwise factors
+    for all steps before its loop."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, xw: Tensor, h0: Tensor, c0: Tensor, W_h: Tensor
+        ctx, x: Tensor, ids: Tensor | None, h0: Tensor, c0: Tensor, W_h: Tensor
     ) -> tuple[Tensor, Tensor]:
-        steps, batch, hidden = xw.shape[0], xw.shape[1], h0.shape[-1]
-        hs = xw.new_empty(steps + 1, batch, hidden)
-        cs = xw.new_empty(steps + 1, batch, hidden)
+        steps, (batch, hidden) = (x if ids is None else ids).shape[0], h0.shape
+        hs = x.new_empty(steps + 1, batch, hidden)
+        cs = x.new_empty(steps + 1, batch, hidden)
         hs[0], cs[0] = h0, c0
-        gates = xw.new_empty(steps, batch, 4 * hidden)  # after their activations
-        tanh_c = xw.new_empty(steps, batch, hidden)
+        gates = x.new_empty(steps, batch, 4 * hidden)  # after their activations
+        tanh_c = x.new_empty(steps, batch, hidden)
         times_w = right_multiplier(W_h, batch, steps)
-        if fused.usable(xw):  # one C call after each product (rnn/torch/pointwise.c)
+        if fused.usable(x):  # one C call after each product (rnn/torch/pointwise.c)
             step = fused.kernel("lstm_forward")
-            h, c, g, tc, x = (a.unbind(0) for a in (hs, cs, gates, tanh_c, xw.contiguous()))
+            h, c, g, tc = (a.unbind(0) for a in (hs, cs, gates, tanh_c))
+            xs, id_steps = _step_inputs(x, ids, steps)
             for t in range(steps):
-                step(batch, hidden, times_w(h[t], x[t]), c[t], g[t], c[t + 1], tc[t], h[t + 1])
-            ctx.save_for_backward(hs, cs, gates, tanh_c, W_h)
-            return hs[1:], cs[-1].clone()
-        for t in range(steps):
-            pre = times_w(hs[t], xw[t])
-            torch.sigmoid(pre[:, : 3 * hidden], out=gates[t, :, : 3 * hidden])
-            torch.tanh(pre[:, 3 * hidden :], out=gates[t, :, 3 * hidden :])
-            i, f, o, c_new = (gates[t, :, k * hidden : (k + 1) * hidden] for k in range(4))
-            torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, c_new)
-            torch.tanh(cs[t + 1], out=tanh_c[t])
-            torch.mul(o, tanh_c[t], out=hs[t + 1])
-        ctx.save_for_backward(hs, cs, gates, tanh_c, W_h)
+                pre = times_w(h[t], None)
+                step(batch, hidden, pre, xs[t], id_steps[t], c[t], g[t], c[t + 1], tc[t], h[t + 1])
+        else:
+            xw = _gather(x, ids)
+            for t in range(steps):
+                pre = times_w(hs[t], xw[t])
+                torch.sigmoid(pre[:, : 3 * hidden], out=gates[t, :, : 3 * hidden])
+                torch.tanh(pre[:, 3 * hidden :], out=gates[t, :, 3 * hidden :])
+                i, f, o, c_new = (gates[t, :, k * hidden : (k + 1) * hidden] for k in range(4))
+                torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, c_new)
+                torch.tanh(cs[t + 1], out=tanh_c[t])
+                torch.mul(o, tanh_c[t], out=hs[t + 1])
+        ctx.save_for_backward(hs, cs, gates, tanh_c, W_h, ids)
+        ctx.table_rows = x.shape[0]
         return hs[1:], cs[-1].clone()
 
     @staticmethod
     def backward(ctx, grad_hs: Tensor, grad_c_last: Tensor):  # type: ignore[override]
-        hs, cs, gates, tanh_c, W_h = ctx.saved_tensors
+        hs, cs, gates, tanh_c, W_h, ids = ctx.saved_tensors
         steps, batch, hidden = tanh_c.shape
         grad_hs = grad_hs.contiguous()
         if fused.usable(tanh_c):
-            return _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h)
+            grad_x, grad_h, grad_c, grad_w = _lstm_backward_fused(
+                grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h, ids, ctx.table_rows
+            )
+            return grad_x, None, grad_h, grad_c, grad_w
         i, f, o, c_new = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
         coef_o = tanh_c * o * (1 - o)  # dL/dpre_o = dL/dH' tanh(C') O(1 - O)
         coef_hc = o * (1 - tanh_c * tanh_c)  # dL/dC' += dL/dH' O(1 - tanh(C')^2)
@@ -300,22 +323,57 @@ class LSTMRecurrence(torch.autograd.Function):
             torch.mul(grad_c, coef_cc[t], out=grad_xw[t, :, 3 * hidden :])
             grad_c.mul_(f[t])
             grad_h = times_w_t(grad_xw[t], grad_hs[t - 1] if t > 0 else None)
-        return grad_xw, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
+        grad_x = _table_grad(grad_xw, ids, ctx.table_rows)
+        return grad_x, None, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
 
 
-def _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h):
-    """LSTMRecurrence.backward with each step's elementwise work in one C call."""
+def _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h, ids, table_rows):
+    """LSTMRecurrence.backward with each step's elementwise work in one C call, which also adds
+    the loss's own gradient at H (so the product back through W_h is a plain one). Returns
+    (dL/dx, dL/dh0, dL/dc0, dL/dW_h)."""
     steps, batch, hidden = tanh_c.shape
     grad_xw = gates.new_empty(steps, batch, 4 * hidden)
     times_w_t = right_multiplier(W_h.t(), batch, steps)
     step = fused.kernel("lstm_backward")
     g, c, tc, d_out, d_pre = (a.unbind(0) for a in (gates, cs, tanh_c, grad_hs, grad_xw))
-    grad_h = d_out[steps - 1]
     grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)
+    prod, later = d_out[steps - 1], torch.zeros_like(grad_c)  # dL/dH_T: the loss's own alone
     for t in range(steps - 1, -1, -1):
-        step(batch, hidden, g[t], c[t], tc[t], grad_h, grad_c, d_pre[t])
-        grad_h = times_w_t(d_pre[t], d_out[t - 1] if t > 0 else None)
-    return grad_xw, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
+        step(batch, hidden, g[t], c[t], tc[t], prod, later, grad_c, d_pre[t])
+        prod, later = times_w_t(d_pre[t], None), d_out[t - 1] if t > 0 else None
+    grad_x = _table_grad(grad_xw, ids, table_rows)
+    return grad_x, prod, grad_c, _weight_grad(hs[:-1], grad_xw)
+
+
+def _gather(x: Tensor, ids: Tensor | None) -> Tensor:
+    """Every step's input share: ``x`` itself, or its rows ``ids`` (steps, batch)."""
+    return x if ids is None else nn.functional.embedding(ids, x)
+
+
+def _table_grad(grad_xw: Tensor, ids: Tensor | None, table_rows: int) -> Tensor:
+    """The gradient for the recurrence's input from that of every step's share: itself, or,
+    for a table, each step's rows added into the rows of their tokens (in C where it is usable:
+    threads take column blocks, rows stay in order, as in index_add_)."""
+    if ids is None:
+        return grad_xw
+    flat = _rows(grad_xw).contiguous()
+    table = flat.new_zeros(table_rows, flat.shape[-1])
+    if fused.usable(flat):
+        fused.kernel("scatter_add")(*flat.shape, ids.contiguous(), flat, table)
+        return table
+    return table.index_add_(0, ids.reshape(-1), flat)
+
+
+def _step_ids(ids: Tensor | None, steps: int) -> list[Tensor | None]:
+    return [None] * steps if ids is None else list(ids.unbind(0))
+
+
+def _step_inputs(x: Tensor, ids: Tensor | None, steps: int):
+    """A fused kernel's input operands for each step: (that step's rows of xw, None), or (the
+    whole table, that step's ids)."""
+    if ids is None:
+        return x.contiguous().unbind(0), _step_ids(None, steps)
+    return [x.contiguous()] * steps, _step_ids(ids, steps)
 
 
 class OneHotTanhRecurrence(torch.autograd.Function):

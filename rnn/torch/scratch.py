@@ -4,8 +4,9 @@ Each layer keeps its gates side by side in three fused parameters: ``W_x_l<k>`` 
 * hidden), ``W_h_l<k>`` (hidden x gates * hidden) and ``b_l<k>``; ``canonical_weights`` names
 them the book's way (``W_xz_l0``, ``W_hr_l0``, ``b_c_l1`` ... see ``rnn/canonical.py``). Weights
 are drawn from N(0, 0.01), biases are zero (the book's). Per minibatch, each layer:
-- computes its input's share of every gate for all steps at once: a row gather of ``W_x + b``
-  for token ids (what the book's one-hot product computes), one product for a layer below;
+- computes its input's share of every gate: for token ids the table ``W_x + b`` (what the book's
+  one-hot product computes), whose rows the recurrence gathers step by step (the RNN's for all
+  steps at once), for a layer below one product over all steps;
 - runs its recurrence as one autograd node with a hand-written backward pass
   (``rnn/torch/recurrences.py``); the first RNN layer on a character vocabulary fuses the
   one-hot product and tanh into each step's product instead;
@@ -67,14 +68,17 @@ def dropout(x: Tensor, p: float, masks: DropoutMasks | None) -> Tensor:
     return x * masks.keep(x, p).to(x.dtype) / (1 - p)
 
 
-def _input_share(W_x: Tensor, b: Tensor, ids: Tensor, below: Tensor | None) -> Tensor:
-    """The input's share of (some of) a layer's gates with their bias, for all steps at once:
-    a row gather of ``W_x + b`` for token ids (what the book's one-hot product computes), one
-    product for a layer below. (steps, batch, columns of W_x)."""
+def _input_share(
+    W_x: Tensor, b: Tensor, ids: Tensor, below: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """The input's share of (some of) a layer's gates with their bias, as the recurrences take
+    it: for token ids (steps, batch), the table ``W_x + b`` (vocab, columns of W_x) with the ids
+    to gather its rows by; for a layer below, one product for all steps (steps, batch, columns)
+    and no ids."""
     if below is None:
-        return F.embedding(ids, W_x + b)  # == one_hot(ids) @ W_x + b
+        return W_x + b, ids
     steps, batch, width = below.shape
-    return torch.addmm(b, below.reshape(-1, width), W_x).view(steps, batch, -1)
+    return torch.addmm(b, below.reshape(-1, width), W_x).view(steps, batch, -1), None
 
 
 class RNNModelScratch(nn.Module):
@@ -123,7 +127,7 @@ class RNNModelScratch(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """X: (batch, steps) token ids -> logits (steps * batch, vocab), new state. Dropout
         masks come from ``masks`` (none: no dropout, as in evaluation)."""
-        ids, below = X.T, None
+        ids, below = X.T.to(torch.int64).contiguous(), None
         finals: list[list[Tensor]] = [[] for _ in state]
         for k in range(self.num_layers):
             outputs, last = self._layer_forward(k, ids, below, [s[k] for s in state])
@@ -143,17 +147,18 @@ class RNNModelScratch(nn.Module):
         if self.cell == "gru":  # z and r apart from h: the recurrence reads them apart
             b_hh = getattr(self, f"b_hh_l{k}") if self.reset_after else None
             h = self.num_hiddens
-            xw_zr, xw_h = (
+            (x_zr, rows), (x_h, _) = (
                 _input_share(W_x[:, cols], b[cols], ids, below)
                 for cols in (slice(0, 2 * h), slice(2 * h, 3 * h))
             )
-            hs = GRURecurrence.apply(xw_zr, xw_h, state[0], W_h, b_hh, self.reset_after)
+            hs = GRURecurrence.apply(x_zr, x_h, rows, state[0], W_h, b_hh, self.reset_after)
             return hs, [hs[-1]]
-        xw = _input_share(W_x, b, ids, below)
+        x, rows = _input_share(W_x, b, ids, below)
         if self.cell == "rnn":
+            xw = x if rows is None else F.embedding(rows, x)
             hs = TanhRecurrence.apply(xw, state[0], W_h)
             return hs, [hs[-1]]
-        hs, c_last = LSTMRecurrence.apply(xw, state[0], state[1], W_h)
+        hs, c_last = LSTMRecurrence.apply(x, rows, state[0], state[1], W_h)
         return hs, [hs[-1], c_last]
 
     def canonical_weights(self) -> dict[str, Tensor]:
