@@ -121,22 +121,20 @@ def usable(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32 and library() is not None
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    if t is None:
-        return None
-    assert t.is_contiguous(), "the fused kernels take contiguous tensors"
-    return t.data_ptr()
-
-
 def kernel(name: str) -> Callable[..., None]:
-    """The step kernel ``name`` (one of FUNCTIONS) as ``f(rows, hidden, *tensors)``: tensors
-    contiguous, or None for an absent optional operand. Look it up once per loop, not per step."""
-    fn = getattr(library(), name)
+    """The step kernel ``name`` (one of FUNCTIONS), called as ``f(rows, hidden, *addresses)``:
+    the addresses of contiguous float32 (ids: int64) arrays, from ``addresses`` or
+    ``Tensor.data_ptr()``, kept alive by the caller; None for an absent ids operand. Look it up
+    once per loop, not per step."""
+    return getattr(library(), name)
 
-    def run(rows: int, hidden: int, *tensors: Tensor | None) -> None:
-        fn(rows, hidden, *(_ptr(t) for t in tensors))
 
-    return run
+def addresses(t: Tensor) -> list[int]:
+    """The address of each ``t[i]`` of a contiguous tensor: the kernels' per-step operands
+    without a tensor view per step (a view, or a check of one, costs as much as the call)."""
+    assert t.is_contiguous(), "the fused kernels take contiguous tensors"
+    base, stride = t.data_ptr(), t.stride(0) * t.element_size()
+    return [base + i * stride for i in range(t.shape[0])]
 
 
 def transposed(t: Tensor) -> Tensor:

@@ -195,18 +195,21 @@ class GRURecurrence(torch.autograd.Function):
 def _gru_forward_fused(x_zr, x_h, ids, W_h, hs, gates, inner, cand) -> None:
     """The book's GRU forward, one C call after each of a step's two products
     (rnn/torch/pointwise.c), into the buffers GRURecurrence.forward allocated; the kernels add
-    the input's share. Each tensor is split into its steps once: indexing per step costs a
-    dispatch each time."""
+    the input's share. Each buffer is split into its steps once (views for the products'
+    operands, addresses for the kernels'): indexing per step costs a dispatch each time."""
     steps, batch, hidden = cand.shape
     times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps, pack=BOOK_GRU_PACKS)
     times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps, pack=BOOK_GRU_PACKS)
     gates_step, blend_step = fused.kernel("gru_gates"), fused.kernel("gru_blend")
-    h, g, r_h, c = hs.unbind(0), gates.unbind(0), inner.unbind(0), cand.unbind(0)
-    (x_zr, id_steps), (x_h, _) = _step_inputs(x_zr, ids, steps), _step_inputs(x_h, ids, steps)
+    h_in, r_h_in = hs.unbind(0), inner.unbind(0)
+    h, g, r_h, c = (fused.addresses(a) for a in (hs, gates, inner, cand))
+    x_zr, x_h, ids = (a if a is None else a.contiguous() for a in (x_zr, x_h, ids))
+    (zr_in, id_steps), (h_share, _) = _step_inputs(x_zr, ids), _step_inputs(x_h, ids)
     for t in range(steps):
-        i = id_steps[t]
-        gates_step(batch, hidden, times_zr(h[t], None), x_zr[t], i, h[t], g[t], r_h[t])
-        blend_step(batch, hidden, times_hh(r_h[t], None), x_h[t], i, g[t], h[t], c[t], h[t + 1])
+        i, pre = id_steps[t], times_zr(h_in[t], None)  # kept alive while C reads it
+        gates_step(batch, hidden, pre.data_ptr(), zr_in[t], i, h[t], g[t], r_h[t])
+        pre = times_hh(r_h_in[t], None)
+        blend_step(batch, hidden, pre.data_ptr(), h_share[t], i, g[t], h[t], c[t], h[t + 1])
 
 
 def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h, ids, table_rows):
@@ -216,20 +219,21 @@ def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h, ids, table_rows):
     steps, batch, hidden = cand.shape
     back = cand.new_empty(steps, batch, 2 * hidden)  # [d_z, d_r] pre-activations
     grad_c = cand.new_empty(steps, batch, hidden)
-    grad_h, carry = cand.new_empty(batch, hidden), cand.new_empty(batch, hidden)
+    grad_h, carry, zeros = (cand.new_zeros(batch, hidden) for _ in range(3))
     times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t(), batch, steps, pack=BOOK_GRU_PACKS)
     times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t(), batch, steps, pack=BOOK_GRU_PACKS)
     z_step, r_step = fused.kernel("gru_backward_z"), fused.kernel("gru_backward_r")
-    g, h, d_out = gates.unbind(0), hs.unbind(0), grad_hs.unbind(0)
-    d_zr, d_c, c = back.unbind(0), grad_c.unbind(0), cand.unbind(0)
-    zeros = torch.zeros_like(carry)
-    prod, added = d_out[steps - 1], zeros  # dL/dH_T: the loss's own gradient alone
+    d_zr_in, d_c_in = back.unbind(0), grad_c.unbind(0)
+    g, h, d_out = (fused.addresses(a) for a in (gates, hs, grad_hs))
+    d_zr, d_c, c = (fused.addresses(a) for a in (back, grad_c, cand))
+    dh, cy = grad_h.data_ptr(), carry.data_ptr()
+    prod, added = grad_hs[steps - 1], zeros.data_ptr()  # dL/dH_T: the loss's own alone
     for t in range(steps - 1, -1, -1):
-        z_step(batch, hidden, g[t], c[t], h[t], prod, added, grad_h, d_zr[t], d_c[t])
-        d_rh = times_hh_t(d_c[t], None)
-        later = d_out[t - 1] if t > 0 else zeros
-        r_step(batch, hidden, g[t], h[t], grad_h, d_rh, later, d_zr[t], carry)
-        prod, added = times_zr_t(d_zr[t], None), carry
+        z_step(batch, hidden, g[t], c[t], h[t], prod.data_ptr(), added, dh, d_zr[t], d_c[t])
+        d_rh = times_hh_t(d_c_in[t], None)
+        later = d_out[t - 1] if t > 0 else zeros.data_ptr()
+        r_step(batch, hidden, g[t], h[t], dh, d_rh.data_ptr(), later, d_zr[t], cy)
+        prod, added = times_zr_t(d_zr_in[t], None), cy
     grad_w = _book_gru_weight_grad(hs, inner, back, grad_c)
     grad_x = (_table_grad(d, ids, table_rows) for d in (back, grad_c))
     return *grad_x, prod.add_(carry), grad_w
@@ -276,12 +280,24 @@ class LSTMRecurrence(torch.autograd.Function):
         tanh_c = x.new_empty(steps, batch, hidden)
         times_w = right_multiplier(W_h, batch, steps)
         if fused.usable(x):  # one C call after each product (rnn/torch/pointwise.c)
-            step = fused.kernel("lstm_forward")
-            h, c, g, tc = (a.unbind(0) for a in (hs, cs, gates, tanh_c))
-            xs, id_steps = _step_inputs(x, ids, steps)
+            step, h_in = fused.kernel("lstm_forward"), hs.unbind(0)
+            h, c, g, tc = (fused.addresses(a) for a in (hs, cs, gates, tanh_c))
+            x, ids = x.contiguous(), ids if ids is None else ids.contiguous()
+            xs, id_steps = _step_inputs(x, ids)
             for t in range(steps):
-                pre = times_w(h[t], None)
-                step(batch, hidden, pre, xs[t], id_steps[t], c[t], g[t], c[t + 1], tc[t], h[t + 1])
+                pre = times_w(h_in[t], None)  # kept alive while C reads it
+                step(
+                    batch,
+                    hidden,
+                    pre.data_ptr(),
+                    xs[t],
+                    id_steps[t],
+                    c[t],
+                    g[t],
+                    c[t + 1],
+                    tc[t],
+                    h[t + 1],
+                )
         else:
             xw = _gather(x, ids)
             for t in range(steps):
@@ -334,13 +350,14 @@ def _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h, ids, 
     steps, batch, hidden = tanh_c.shape
     grad_xw = gates.new_empty(steps, batch, 4 * hidden)
     times_w_t = right_multiplier(W_h.t(), batch, steps)
-    step = fused.kernel("lstm_backward")
-    g, c, tc, d_out, d_pre = (a.unbind(0) for a in (gates, cs, tanh_c, grad_hs, grad_xw))
+    step, d_pre_in = fused.kernel("lstm_backward"), grad_xw.unbind(0)
+    g, c, tc, d_out, d_pre = (fused.addresses(a) for a in (gates, cs, tanh_c, grad_hs, grad_xw))
     grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)
-    prod, later = d_out[steps - 1], torch.zeros_like(grad_c)  # dL/dH_T: the loss's own alone
+    zeros = torch.zeros_like(grad_c)
+    prod, later = grad_hs[steps - 1], zeros.data_ptr()  # dL/dH_T: the loss's own alone
     for t in range(steps - 1, -1, -1):
-        step(batch, hidden, g[t], c[t], tc[t], prod, later, grad_c, d_pre[t])
-        prod, later = times_w_t(d_pre[t], None), d_out[t - 1] if t > 0 else None
+        step(batch, hidden, g[t], c[t], tc[t], prod.data_ptr(), later, grad_c.data_ptr(), d_pre[t])
+        prod, later = times_w_t(d_pre_in[t], None), d_out[t - 1] if t > 0 else None
     grad_x = _table_grad(grad_xw, ids, table_rows)
     return grad_x, prod, grad_c, _weight_grad(hs[:-1], grad_xw)
 
@@ -359,21 +376,18 @@ def _table_grad(grad_xw: Tensor, ids: Tensor | None, table_rows: int) -> Tensor:
     flat = _rows(grad_xw).contiguous()
     table = flat.new_zeros(table_rows, flat.shape[-1])
     if fused.usable(flat):
-        fused.kernel("scatter_add")(*flat.shape, ids.contiguous(), flat, table)
+        ids = ids.contiguous()
+        fused.kernel("scatter_add")(*flat.shape, ids.data_ptr(), flat.data_ptr(), table.data_ptr())
         return table
     return table.index_add_(0, ids.reshape(-1), flat)
 
 
-def _step_ids(ids: Tensor | None, steps: int) -> list[Tensor | None]:
-    return [None] * steps if ids is None else list(ids.unbind(0))
-
-
-def _step_inputs(x: Tensor, ids: Tensor | None, steps: int):
-    """A fused kernel's input operands for each step: (that step's rows of xw, None), or (the
-    whole table, that step's ids)."""
+def _step_inputs(x: Tensor, ids: Tensor | None) -> tuple[list[int], list[int | None]]:
+    """A fused kernel's input operands for each step, as addresses: (that step's rows of xw,
+    None), or (the whole table, that step's ids); ``x`` and ``ids`` contiguous."""
     if ids is None:
-        return x.contiguous().unbind(0), _step_ids(None, steps)
-    return [x.contiguous()] * steps, _step_ids(ids, steps)
+        return fused.addresses(x), [None] * x.shape[0]
+    return [x.data_ptr()] * ids.shape[0], fused.addresses(ids)
 
 
 class OneHotTanhRecurrence(torch.autograd.Function):
