@@ -95,3 +95,26 @@ def test_both_frameworks_take_the_same_steps(optimizer, schedule):
         assert plateau_scale(history, cfg.schedule) == 0.25  # reduced after epochs 2 and 3
     moved = engines["torch"].canonical_weights()
     assert all(not np.array_equal(moved[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize("variant", ["scratch", "concise"])
+def test_plain_sgd_is_torch_optims_step_bit_for_bit(variant):
+    """Without weight decay the PyTorch engine updates the weights itself, in one call, instead
+    of through torch.optim.SGD: the weights after a few minibatches are the same bits."""
+    weights = random_weights(4, cell="lstm")
+    xs, ys = epoch_minibatches(
+        np.random.default_rng(2).integers(0, V, 4 * 7 * 3 + 8), 4, 7, "sequential", 0, 0
+    )
+    results = []
+    for own_update in (True, False):
+        e = engine("torch", variant, cell="lstm", lr=0.5)
+        assert e.plain_sgd
+        e.plain_sgd = own_update  # False: torch.optim.SGD's step, as with weight decay
+        e.load_canonical_weights(weights)
+        e.train_epoch(xs, ys, "sequential")
+        results.append(e.canonical_weights())
+    assert all(not np.array_equal(results[0][k], weights[k]) for k in weights)
+    for name in weights:
+        np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
+    decayed = engine("torch", "scratch", optimizer=OptimizerConfig(weight_decay=0.1))
+    assert not decayed.plain_sgd
