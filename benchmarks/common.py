@@ -49,11 +49,14 @@ def time_training(
     threads: int | None = None,
     cell: str = "rnn",
     probe: Callable[[], dict] | None = None,
+    chunk: int | None = None,
 ) -> dict:
     """Tokens/s of our engine at the book's settings (batch 32 x 35, sequential, lr 1, theta 1)
     over ``epochs`` whole epochs, after one warm-up epoch (tracing, compilation, allocation).
-    ``probe``, if given, runs before each timed epoch and after the last, outside the clock
-    (a measurement to compare each epoch with under the same load: ``probes``)."""
+    Timed in stretches: whole epochs, or, with ``chunk``, about ``chunk`` minibatches each
+    (the state starts afresh with each stretch; the same work). ``probe``, if given, runs
+    before each stretch and after the last, outside the clock: a measurement to compare each
+    stretch with under the same load (``probes``; ``stretch_tokens_per_s``)."""
     engine = make_engine(
         backend,
         variant,
@@ -66,24 +69,27 @@ def time_training(
         seed=0,
         threads=threads,
     )
-    engine.train_epoch(*epoch_minibatches(ids, 32, 35, "sequential", 0, 99), "sequential")
-    seconds, tokens, per_epoch, probes = 0.0, 0, [], []
+    xs, ys = epoch_minibatches(ids, 32, 35, "sequential", 0, 99)
+    stretches = np.array_split(np.arange(len(xs)), max(1, round(len(xs) / chunk)) if chunk else 1)
+    for size in {len(rows) for rows in stretches} | {len(xs)}:  # XLA compiles for each length
+        engine.train_epoch(xs[:size], ys[:size], "sequential")
+    seconds, tokens, per_stretch, probes = 0.0, 0, [], []
     for epoch in range(epochs):
-        if probe:
-            probes.append(probe())
-        t0 = time.perf_counter()
-        loss, count = engine.train_epoch(
-            *epoch_minibatches(ids, 32, 35, "sequential", 0, epoch), "sequential"
-        )
-        elapsed = time.perf_counter() - t0
-        seconds, tokens = seconds + elapsed, tokens + count
-        per_epoch.append(count / elapsed)
+        xs, ys = epoch_minibatches(ids, 32, 35, "sequential", 0, epoch)
+        for rows in stretches:
+            if probe:
+                probes.append(probe())
+            t0 = time.perf_counter()
+            loss, count = engine.train_epoch(xs[rows], ys[rows], "sequential")
+            elapsed = time.perf_counter() - t0
+            seconds, tokens = seconds + elapsed, tokens + count
+            per_stretch.append(count / elapsed)
     if probe:
         probes.append(probe())
     return {
         "device": str(engine.device),
         "tokens_per_s": tokens / seconds,
-        "epoch_tokens_per_s": per_epoch,
+        "stretch_tokens_per_s": per_stretch,
         "probes": probes,
         "perplexity": float(np.exp(loss / count)),
     }

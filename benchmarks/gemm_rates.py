@@ -75,8 +75,9 @@ def tensorflow_products(m: int, k: int, n: int, per_step: bool) -> dict[str, Cal
 CHAIN = 100
 
 
-def measure(module: str, shapes: list[tuple[int, int, int, bool]]) -> dict:
-    """{"seconds": best seconds per call for each "mxkxn", "gflops": every library's rate}."""
+def measure(module: str, shapes: list[tuple[int, int, int, bool]], flops: float = 2e10) -> dict:
+    """{"seconds": best seconds per call for each "mxkxn", "gflops": every library's rate}, each
+    library timed over about ``flops`` floating-point operations a shape."""
     make = torch_products if module == "torch" else tensorflow_products
     seconds, gflops = {}, {}
     for m, k, n, per_step in shapes:
@@ -84,7 +85,7 @@ def measure(module: str, shapes: list[tuple[int, int, int, bool]]) -> dict:
         rates = {}
         for name, product in make(m, k, n, per_step).items():
             chained = name == "xla-chain"
-            calls = max(5, int(2e10 / (2 * m * k * n)) // (CHAIN if chained else 1))
+            calls = max(5, int(flops / (2 * m * k * n)) // (CHAIN if chained else 1))
             rates[name] = _time(product, calls, CHAIN if chained else 1)
         seconds[key] = min(rates.values())
         gflops[key] = {name: round(2 * m * k * n / s / 1e9, 1) for name, s in rates.items()}

@@ -41,7 +41,8 @@ with tempfile.TemporaryDirectory() as work:
     ids, vocab_size = canonical_training_data(pathlib.Path(work))
     print(json.dumps(time_training({backend!r}, {variant!r}, {hiddens}, ids, vocab_size,
                                    epochs={epochs}, threads={threads}, cell={cell!r},
-                                   probe=lambda: measure({module!r}, {shapes!r}))))
+                                   chunk={chunk},
+                                   probe=lambda: measure({module!r}, {shapes!r}, {flops}))))
 """
 
 # The scratch GRU is the book's: its reset gate must be known before the candidate's product, so
@@ -85,13 +86,13 @@ def reference_rates(measured: dict, cell: str, variant: str, h: int) -> dict:
     return {"flops": flops / total, "fused_shape_flops": 2 * m * k * n / seconds[f"{m}x{k}x{n}"]}
 
 
-def epoch_shares(ours: dict, per_token: float, cell: str, variant: str, h: int, key: str) -> list:
-    """Each timed epoch's achieved FLOP/s as a share of the reference rate ``key`` measured just
-    before and just after it in the same process (their mean)."""
+def stretch_shares(ours: dict, per_token: float, cell: str, variant: str, h: int, key: str) -> list:
+    """Each timed stretch's achieved FLOP/s as a share of the reference rate ``key`` measured
+    just before and just after it in the same process (their mean)."""
     rates = [reference_rates(p, cell, variant, h)[key] for p in ours["probes"]]
     return [
         tps * per_token / ((rates[e] + rates[e + 1]) / 2)
-        for e, tps in enumerate(ours["epoch_tokens_per_s"])
+        for e, tps in enumerate(ours["stretch_tokens_per_s"])
     ]
 
 
@@ -116,6 +117,16 @@ def main() -> int:
     ap.add_argument("--cells", nargs="*", default=["rnn"], choices=list(GATES))
     ap.add_argument(
         "--repeats", type=lambda v: max(1, int(v)), default=3, help="seed/ours pairs per run"
+    )
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=25,
+        help="minibatches per timed stretch, with the product rates measured between stretches "
+        "(0: whole epochs); this host's speed drifts within seconds",
+    )
+    ap.add_argument(
+        "--probe-flops", type=float, default=4e9, help="work per shape of each rate measurement"
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -153,6 +164,8 @@ def main() -> int:
                 epochs=args.epochs,
                 threads=args.threads or None,
                 cell=cell,
+                chunk=args.chunk or None,
+                flops=args.probe_flops,
                 module="torch" if backend == "torch" else "tensorflow",
                 shapes=[list(shape) for shape in shapes],
             ),
@@ -166,9 +179,9 @@ def main() -> int:
         ours = {"tokens_per_s": statistics.median(p[1]["tokens_per_s"] for p in pairs)}
         pair_ratios = [p[1]["tokens_per_s"] / p[0]["tokens_per_s"] for p in pairs]
         per_token = flops_per_token(h, gates)
-        shares = [epoch_shares(p[1], per_token, cell, variant, h, "flops") for p in pairs]
+        shares = [stretch_shares(p[1], per_token, cell, variant, h, "flops") for p in pairs]
         fused_shares = [
-            epoch_shares(p[1], per_token, cell, variant, h, "fused_shape_flops") for p in pairs
+            stretch_shares(p[1], per_token, cell, variant, h, "fused_shape_flops") for p in pairs
         ]
         pair_rates = [
             statistics.median(reference_rates(m, cell, variant, h)["flops"] for m in p[1]["probes"])
@@ -224,9 +237,10 @@ def main() -> int:
         )
     print(
         f"\ntok/s: medians over {args.repeats} pair(s); ratio: the median of the pairs' own ratios;"
-        " of GEMM: each timed epoch's tokens/s x FLOPs per token against the best library's rate"
-        " over one minibatch's products at their own shapes, measured in the same process before"
-        " and after it (median over all epochs; in brackets each pair's);"
+        " of GEMM: each timed stretch's tokens/s x FLOPs per token against the best library's"
+        f" rate over one minibatch's products at their own shapes, measured in the same process"
+        f" before and after it (stretches of {args.chunk or 'an epoch of'} minibatches; median"
+        " over all stretches; in brackets each pair's);"
         " of the fused shape's: against batch x hidden x gates*hidden alone; target needs: the"
         " FLOP/s the target's tokens/s takes, as a share of the GEMM rate at its shapes"
     )
