@@ -52,9 +52,9 @@ def test_fused_steps_equal_the_eager_recurrence(cell, table, monkeypatch):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_table_gradients_do_not_depend_on_the_thread_count(cell, monkeypatch):
-    """The backward kernels split columns over threads so that rows with the same token add
-    into their table row in one order: bit-identical gradients at one thread and at two (the
-    sizes are above the kernels' threshold for threading)."""
+    """The scatter into the input table splits columns over threads, so that rows with the same
+    token add into their table row in one order: bit-identical gradients at one thread and at
+    two (the sizes are above the kernels' threshold for threading)."""
     before = torch.get_num_threads()
     try:
         results = []

@@ -14,7 +14,8 @@
 
 /* Rows are independent: with OpenMP (built with -fopenmp, sharing PyTorch's own runtime and
    thread count) a step's rows are split over the threads the products just used, so the result
-   does not depend on the thread count. Below this many elements a step is not worth a fork. */
+   does not depend on the thread count (scatter_add, where rows meet, splits columns instead).
+   Below this many elements a step is not worth a fork. */
 #define PARALLEL_MIN 4096
 
 static inline float exp_approx(float x) {
