@@ -36,6 +36,12 @@ _HTML_MARKER = re.compile(
 _BINARY_BYTES = np.zeros(256, dtype=bool)
 _BINARY_BYTES[[*range(0, 9), 14, *range(16, 27), *range(28, 32)]] = True
 _CONTROL = bytes(np.flatnonzero(_BINARY_BYTES).tolist())
+# Text of Unicode whitespace alone (str.isspace), in UTF-8: bytes.isspace knows only ASCII's, and a
+# file of no-break spaces is as empty as one of blanks. Matching stops at the first other byte.
+_ALL_WHITESPACE = re.compile(
+    rb"(?:[\t-\r\x1c-\x20]|\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]"
+    rb"|\xe2\x81\x9f|\xe3\x80\x80)*"
+)
 _MARKER_WINDOW = 1 << 17
 _CHUNK = 1 << 19  # 512 KiB: each chunk's NumPy temporaries (~5x its size) stay small
 
@@ -47,7 +53,7 @@ def to_utf8(data: bytes, name: str, encoding: str = "utf-8") -> bytes:
     if not data or data.isspace():
         raise PipelineError(f"{name} is empty", "point ingest.source at a non-empty text file")
     text = _decode(data, name, encoding)
-    if not text or text.isspace():
+    if _ALL_WHITESPACE.fullmatch(text.removeprefix(BOM)):
         raise PipelineError(f"{name} is empty", "point ingest.source at a non-empty text file")
     head = text[:4096]
     if _looks_like_html(head.removeprefix(BOM)):

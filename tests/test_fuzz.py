@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rnn.config import IngestConfig, load_params
@@ -63,6 +63,7 @@ def test_random_bytes_either_ingest_or_fail_clearly(tmp_path_factory, data, enco
 
 @FUZZ
 @given(text=TEXT, encoding=st.sampled_from(CODECS))
+@example(text="\xa0\u3000\n", encoding="utf-8")  # Unicode's whitespace alone is empty too
 def test_text_in_any_codec_ingests_to_the_same_text(tmp_path_factory, text, encoding):
     try:
         data = codecs.encode(text, encoding)
