@@ -1,5 +1,6 @@
-"""The scratch GRU's and LSTM's per-step elementwise work as one C call per step, and a tiled
-transpose for the products' operands (``pointwise.c``), compiled on first use with the system's
+"""The scratch GRU's and LSTM's per-step elementwise work as one C call per step, a tiled
+transpose for the products' operands and the scatter of a first layer's table gradient
+(``pointwise.c``), compiled on first use with the system's
 C compiler for the machine at hand and loaded with ctypes.
 
 Why: a step of the LSTM runs about ten eager elementwise operations between its products, each a

@@ -4,19 +4,21 @@ backward pass (BPTT), so autograd does no per-step work.
 Every recurrence takes ``xw`` (steps, batch, gates x hidden): the input's contribution to every
 gate with its bias, computed for all steps at once outside (one product for a layer below; the
 GRU's in two parts, z and r apart from h), and ``W_h`` (hidden, gates x hidden): the recurrent
-weights of every gate side by side, in the order of ``rnn.registry.CELLS`` (the book's names: z, r, h for the
-GRU; i, f, o, c for the LSTM). Per step the forward runs as few products as the cell's maths
-allows (one for the RNN and LSTM; two for the book's GRU, whose reset gate must be known before
-it multiplies the candidate's product), and the backward one product per step back through
-``W_h`` plus, for the weight gradient, one large product over all steps. The gradient with
-respect to ``xw`` is returned whole, so the input weights' gradients are one product outside too.
+weights of every gate side by side, in the order of ``rnn.registry.CELLS`` (the book's names: z,
+r, h for the GRU; i, f, o, c for the LSTM). Per step the forward runs as few products as the
+cell's maths allows (one for the RNN and LSTM; two for the book's GRU, whose reset gate must be
+known before it multiplies the candidate's product), and the backward one product per step back
+through ``W_h`` plus, for the weight gradient, one large product over all steps. The gradient
+with respect to ``xw`` is returned whole, so the input weights' gradients are one product outside
+too.
 
-The gated cells' first layer passes, instead of ``xw``, a table (vocab, gates x hidden: ``W_x + b``
-for each token, what the book's one-hot product computes) with the token ``ids`` (steps, batch):
-the fused step kernels read each row's share from the table, which stays in cache, and add the
-gradient into the table's rows as they go, instead of a gathered copy of the whole sequence
-(4.5 MB for the LSTM at the book's sizes) and a scatter over it afterwards. Tests check every cell against finite differences, nn.GRU / nn.LSTM and
-the book's per-step code.
+The gated cells' first layer passes, instead of ``xw``, a table (vocab, gates x hidden: ``W_x +
+b`` for each token, what the book's one-hot product computes) with the token ``ids`` (steps,
+batch): the fused step kernels read each row's share from the table, which stays in cache,
+instead of a gathered copy of the whole sequence (4.5 MB for the LSTM at the book's sizes) added
+inside each step's product; the table's gradient is each step's added into its tokens' rows, in
+one C pass. Tests check every cell against finite differences, nn.GRU / nn.LSTM and the book's
+per-step code, and the fused kernels against the eager code, with and without a table.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from rnn.torch.kernels import matmul, right_multiplier, tanh_linear
 
 # The book's GRU makes four products a step at half the fused gates' width or less, each with its
 # own weight: packing those four for oneDNN every minibatch measured 18% slower over a forward and
-# backward pass (32 x 35, 256 units) than the plain products reading the weights in place.
+# backward pass (32 x 35, 256 units) than the plain products reading the weights in place, and 11%
+# slower over whole minibatches (2026-12-04, in-process alternation).
 BOOK_GRU_PACKS = False
 
 # One-hot columns make each step's product (hidden + vocab) wide instead of hidden: worth it for
