@@ -1,5 +1,6 @@
-"""The fused C step kernels (rnn/torch/pointwise.c) against the recurrences' eager code: the same
-outputs and gradients, on the sizes the tests and the book use."""
+"""The C recurrences (rnn/torch/cells.c) against the recurrences' eager code: the same outputs and
+gradients, on the sizes the tests and the book use and on sizes that are not multiples of the
+kernels' register tiles."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C compiler h
 
 def run(cell: str, eager: bool, monkeypatch, table=False, steps=9, batch=4, hidden=24, seed=0):
     """One forward and backward pass of a recurrence: outputs and the gradients of every input.
-    ``table``: the input's share as a 5-row table gathered by token ids (a first layer)."""
+    ``table``: the input's share as a 5-row table gathered by token ids (a first layer). The
+    recurrent weights' scale keeps the gain of a step the same at every width (a chaotic
+    recurrence would amplify either code's rounding past any tolerance)."""
     gen = torch.Generator().manual_seed(seed)
     gates = 3 if cell == "gru" else 4
     ids = torch.randint(0, 5, (steps, batch), generator=gen) if table else None
@@ -22,7 +25,8 @@ def run(cell: str, eager: bool, monkeypatch, table=False, steps=9, batch=4, hidd
     xw = (torch.randn(*lead, gates * hidden, generator=gen) * 2).requires_grad_()
     h0 = torch.randn(batch, hidden, generator=gen).requires_grad_()
     c0 = torch.randn(batch, hidden, generator=gen).requires_grad_()
-    W_h = (torch.randn(hidden, gates * hidden, generator=gen) * 0.5).requires_grad_()
+    scale = 0.5 * (24 / hidden) ** 0.5
+    W_h = (torch.randn(hidden, gates * hidden, generator=gen) * scale).requires_grad_()
     weights = torch.randn(steps, batch, hidden, generator=gen)
     with monkeypatch.context() as m:
         if eager:
@@ -50,11 +54,24 @@ def test_fused_steps_equal_the_eager_recurrence(cell, table, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("batch", "hidden"), [(11, 40), (37, 130), (1, 3)])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_odd_sizes_equal_the_eager_recurrence(cell, batch, hidden, monkeypatch):
+    """Rows past a tile's last, units past a panel's last, and (37 x 130: above the threading
+    threshold) two threads owning unequal blocks of units, one of them partly empty."""
+    hs_fused, grads_fused = run(cell, False, monkeypatch, True, steps=5, batch=batch, hidden=hidden)
+    hs_eager, grads_eager = run(cell, True, monkeypatch, True, steps=5, batch=batch, hidden=hidden)
+    torch.testing.assert_close(hs_fused, hs_eager, atol=1e-6, rtol=1e-5)
+    for a, b in zip(grads_fused, grads_eager, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_table_gradients_do_not_depend_on_the_thread_count(cell, monkeypatch):
-    """The scatter into the input table splits columns over threads, so that rows with the same
-    token add into their table row in one order: bit-identical gradients at one thread and at
-    two (the sizes are above the kernels' threshold for threading)."""
+    """Each output of the C recurrences is one thread's, summed in a fixed order, and the scatter
+    into the input table splits columns over threads, so that rows with the same token add into
+    their table row in one order: bit-identical outputs and gradients at one thread and at two
+    (the sizes are above the kernels' threshold for threading)."""
     before = torch.get_num_threads()
     try:
         results = []

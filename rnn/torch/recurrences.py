@@ -116,8 +116,9 @@ class GRURecurrence(torch.autograd.Function):
         cand = x_h.new_empty(steps, batch, hidden)  # C
         # reset before: R * H, the candidate product's input; reset after: H W_hh + b_hh
         inner = x_h.new_empty(steps, batch, hidden)
-        if not reset_after and fused.usable(x_h):
-            _gru_forward_fused(x_zr, x_h, ids, W_h, hs, gates, inner, cand)
+        if not reset_after and fused.usable(x_h):  # the whole loop in C (rnn/torch/cells.c)
+            x_zr, x_h, ids = (a if a is None else a.contiguous() for a in (x_zr, x_h, ids))
+            fused.gru_forward(x_zr, x_h, ids, W_h, hs, gates, inner, cand)
         elif reset_after:
             xw_zr, xw_h = _gather(x_zr, ids).contiguous(), _gather(x_h, ids).contiguous()
             times_w = right_multiplier(W_h, batch, steps)
@@ -146,9 +147,9 @@ class GRURecurrence(torch.autograd.Function):
         steps, batch, hidden = cand.shape
         grad_hs = grad_hs.contiguous()
         if not ctx.reset_after and fused.usable(cand):
-            grad_zr, grad_c, grad_h, grad_w = _gru_backward_fused(
-                grad_hs, hs, gates, cand, inner, W_h, ids, ctx.table_rows
-            )
+            back, grad_c, grad_h = fused.gru_backward(grad_hs, gates, cand, hs, W_h)
+            grad_w = _book_gru_weight_grad(hs, inner, back, grad_c)
+            grad_zr, grad_c = (_table_grad(g, ids, ctx.table_rows) for g in (back, grad_c))
             return grad_zr, grad_c, None, grad_h, grad_w, None, None
         z, r, h_prev = gates[..., :hidden], gates[..., hidden:], hs[:-1]
         # dL/dpre_z = dL/dH' (H - C) Z(1 - Z); dL/dpre_c = dL/dH' (1 - Z)(1 - C^2)
@@ -195,53 +196,6 @@ class GRURecurrence(torch.autograd.Function):
         return grad_zr, grad_c, None, grad_h, grad_w, grad_b_hh, None
 
 
-def _gru_forward_fused(x_zr, x_h, ids, W_h, hs, gates, inner, cand) -> None:
-    """The book's GRU forward, one C call after each of a step's two products
-    (rnn/torch/pointwise.c), into the buffers GRURecurrence.forward allocated; the kernels add
-    the input's share. Each buffer is split into its steps once (views for the products'
-    operands, addresses for the kernels'): indexing per step costs a dispatch each time."""
-    steps, batch, hidden = cand.shape
-    times_zr = right_multiplier(W_h[:, : 2 * hidden], batch, steps, pack=BOOK_GRU_PACKS)
-    times_hh = right_multiplier(W_h[:, 2 * hidden :], batch, steps, pack=BOOK_GRU_PACKS)
-    gates_step, blend_step = fused.kernel("gru_gates"), fused.kernel("gru_blend")
-    h_in, r_h_in = hs.unbind(0), inner.unbind(0)
-    h, g, r_h, c = (fused.addresses(a) for a in (hs, gates, inner, cand))
-    x_zr, x_h, ids = (a if a is None else a.contiguous() for a in (x_zr, x_h, ids))
-    (zr_in, id_steps), (h_share, _) = _step_inputs(x_zr, ids), _step_inputs(x_h, ids)
-    for t in range(steps):
-        i, pre = id_steps[t], times_zr(h_in[t], None)  # kept alive while C reads it
-        gates_step(batch, hidden, pre.data_ptr(), zr_in[t], i, h[t], g[t], r_h[t])
-        pre = times_hh(r_h_in[t], None)
-        blend_step(batch, hidden, pre.data_ptr(), h_share[t], i, g[t], h[t], c[t], h[t + 1])
-
-
-def _gru_backward_fused(grad_hs, hs, gates, cand, inner, W_h, ids, table_rows):
-    """The book's GRU backward with each step's elementwise work in two C calls: the same
-    gradients as GRURecurrence.backward's eager loop, as (dL/dx_zr, dL/dx_h, dL/dh0, dL/dW_h).
-    dL/dH is kept as a product and a carry that the next step's first kernel adds."""
-    steps, batch, hidden = cand.shape
-    back = cand.new_empty(steps, batch, 2 * hidden)  # [d_z, d_r] pre-activations
-    grad_c = cand.new_empty(steps, batch, hidden)
-    grad_h, carry, zeros = (cand.new_zeros(batch, hidden) for _ in range(3))
-    times_zr_t = right_multiplier(W_h[:, : 2 * hidden].t(), batch, steps, pack=BOOK_GRU_PACKS)
-    times_hh_t = right_multiplier(W_h[:, 2 * hidden :].t(), batch, steps, pack=BOOK_GRU_PACKS)
-    z_step, r_step = fused.kernel("gru_backward_z"), fused.kernel("gru_backward_r")
-    d_zr_in, d_c_in = back.unbind(0), grad_c.unbind(0)
-    g, h, d_out = (fused.addresses(a) for a in (gates, hs, grad_hs))
-    d_zr, d_c, c = (fused.addresses(a) for a in (back, grad_c, cand))
-    dh, cy = grad_h.data_ptr(), carry.data_ptr()
-    prod, added = grad_hs[steps - 1], zeros.data_ptr()  # dL/dH_T: the loss's own alone
-    for t in range(steps - 1, -1, -1):
-        z_step(batch, hidden, g[t], c[t], h[t], prod.data_ptr(), added, dh, d_zr[t], d_c[t])
-        d_rh = times_hh_t(d_c_in[t], None)
-        later = d_out[t - 1] if t > 0 else zeros.data_ptr()
-        r_step(batch, hidden, g[t], h[t], dh, d_rh.data_ptr(), later, d_zr[t], cy)
-        prod, added = times_zr_t(d_zr_in[t], None), cy
-    grad_w = _book_gru_weight_grad(hs, inner, back, grad_c)
-    grad_x = (_table_grad(d, ids, table_rows) for d in (back, grad_c))
-    return *grad_x, prod.add_(carry), grad_w
-
-
 def _book_gru_weight_grad(hs: Tensor, inner: Tensor, grad_zr: Tensor, grad_c: Tensor) -> Tensor:
     """dL/dW_h of the book's GRU: sum_t H_t^T [d_z, d_r]_t beside sum_t (R * H)_t^T d_c_t, each
     one product over all steps written into its block of the result (the library reads the
@@ -281,28 +235,11 @@ class LSTMRecurrence(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         gates = x.new_empty(steps, batch, 4 * hidden)  # after their activations
         tanh_c = x.new_empty(steps, batch, hidden)
-        times_w = right_multiplier(W_h, batch, steps)
-        if fused.usable(x):  # one C call after each product (rnn/torch/pointwise.c)
-            step, h_in = fused.kernel("lstm_forward"), hs.unbind(0)
-            h, c, g, tc = (fused.addresses(a) for a in (hs, cs, gates, tanh_c))
+        if fused.usable(x):  # the whole loop in C (rnn/torch/cells.c)
             x, ids = x.contiguous(), ids if ids is None else ids.contiguous()
-            xs, id_steps = _step_inputs(x, ids)
-            for t in range(steps):
-                pre = times_w(h_in[t], None)  # kept alive while C reads it
-                step(
-                    batch,
-                    hidden,
-                    pre.data_ptr(),
-                    xs[t],
-                    id_steps[t],
-                    c[t],
-                    g[t],
-                    c[t + 1],
-                    tc[t],
-                    h[t + 1],
-                )
+            fused.lstm_forward(x, ids, W_h, hs, cs, gates, tanh_c)
         else:
-            xw = _gather(x, ids)
+            xw, times_w = _gather(x, ids), right_multiplier(W_h, batch, steps)
             for t in range(steps):
                 pre = times_w(hs[t], xw[t])
                 torch.sigmoid(pre[:, : 3 * hidden], out=gates[t, :, : 3 * hidden])
@@ -320,11 +257,11 @@ class LSTMRecurrence(torch.autograd.Function):
         hs, cs, gates, tanh_c, W_h, ids = ctx.saved_tensors
         steps, batch, hidden = tanh_c.shape
         grad_hs = grad_hs.contiguous()
-        if fused.usable(tanh_c):
-            grad_x, grad_h, grad_c, grad_w = _lstm_backward_fused(
-                grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h, ids, ctx.table_rows
-            )
-            return grad_x, None, grad_h, grad_c, grad_w
+        if fused.usable(tanh_c):  # the whole loop in C (rnn/torch/cells.c)
+            grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)
+            grad_xw, grad_h = fused.lstm_backward(grad_hs, grad_c, gates, cs, tanh_c, W_h)
+            grad_x = _table_grad(grad_xw, ids, ctx.table_rows)
+            return grad_x, None, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
         i, f, o, c_new = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
         coef_o = tanh_c * o * (1 - o)  # dL/dpre_o = dL/dH' tanh(C') O(1 - O)
         coef_hc = o * (1 - tanh_c * tanh_c)  # dL/dC' += dL/dH' O(1 - tanh(C')^2)
@@ -346,25 +283,6 @@ class LSTMRecurrence(torch.autograd.Function):
         return grad_x, None, grad_h, grad_c, _weight_grad(hs[:-1], grad_xw)
 
 
-def _lstm_backward_fused(grad_hs, grad_c_last, hs, cs, gates, tanh_c, W_h, ids, table_rows):
-    """LSTMRecurrence.backward with each step's elementwise work in one C call, which also adds
-    the loss's own gradient at H (so the product back through W_h is a plain one). Returns
-    (dL/dx, dL/dh0, dL/dc0, dL/dW_h)."""
-    steps, batch, hidden = tanh_c.shape
-    grad_xw = gates.new_empty(steps, batch, 4 * hidden)
-    times_w_t = right_multiplier(W_h.t(), batch, steps)
-    step, d_pre_in = fused.kernel("lstm_backward"), grad_xw.unbind(0)
-    g, c, tc, d_out, d_pre = (fused.addresses(a) for a in (gates, cs, tanh_c, grad_hs, grad_xw))
-    grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)
-    zeros = torch.zeros_like(grad_c)
-    prod, later = grad_hs[steps - 1], zeros.data_ptr()  # dL/dH_T: the loss's own alone
-    for t in range(steps - 1, -1, -1):
-        step(batch, hidden, g[t], c[t], tc[t], prod.data_ptr(), later, grad_c.data_ptr(), d_pre[t])
-        prod, later = times_w_t(d_pre_in[t], None), d_out[t - 1] if t > 0 else None
-    grad_x = _table_grad(grad_xw, ids, table_rows)
-    return grad_x, prod, grad_c, _weight_grad(hs[:-1], grad_xw)
-
-
 def _gather(x: Tensor, ids: Tensor | None) -> Tensor:
     """Every step's input share: ``x`` itself, or its rows ``ids`` (steps, batch)."""
     return x if ids is None else nn.functional.embedding(ids, x)
@@ -379,18 +297,9 @@ def _table_grad(grad_xw: Tensor, ids: Tensor | None, table_rows: int) -> Tensor:
     flat = _rows(grad_xw).contiguous()
     table = flat.new_zeros(table_rows, flat.shape[-1])
     if fused.usable(flat):
-        ids = ids.contiguous()
-        fused.kernel("scatter_add")(*flat.shape, ids.data_ptr(), flat.data_ptr(), table.data_ptr())
+        fused.scatter_add(flat, ids.contiguous(), table)
         return table
     return table.index_add_(0, ids.reshape(-1), flat)
-
-
-def _step_inputs(x: Tensor, ids: Tensor | None) -> tuple[list[int], list[int | None]]:
-    """A fused kernel's input operands for each step, as addresses: (that step's rows of xw,
-    None), or (the whole table, that step's ids); ``x`` and ``ids`` contiguous."""
-    if ids is None:
-        return fused.addresses(x), [None] * x.shape[0]
-    return [x.data_ptr()] * ids.shape[0], fused.addresses(ids)
 
 
 class OneHotTanhRecurrence(torch.autograd.Function):
