@@ -4,15 +4,17 @@
    Why: at the book's sizes a step's product is small (32 x 256 by 256 x 1024 for the LSTM) and
    the libraries PyTorch calls run it at about half the machine's rate: MKL takes its AVX2 code on
    AMD CPUs, oneDNN spends a fixed ~11 us a call, and either way each step is a Python call, a
-   dispatch and a separate elementwise pass. Here a thread owns a block of hidden units for the
-   whole sequence: it multiplies the rows by its panel of the packed weights (all gates of those
-   units side by side, so the panel stays in its core's cache from step to step), finishes those
-   units' gates in registers and cache, and meets the other threads once per product at a
-   barrier. rnn/torch/fused.py compiles this file with the system's C compiler and loads it
-   with ctypes; without a compiler the recurrences keep their eager code.
+   dispatch and a separate elementwise pass. Here each thread takes a block of rows (batch
+   entries) for the whole sequence: per step it multiplies its rows by the weights, packed once
+   per minibatch into panels of NR columns with every gate of a block of units side by side,
+   through a register tile (multiply_tile: MR rows x NR columns, the weights' two vectors and
+   one broadcast a term, at about 90% of the cores' FMA rate), and finishes the gates while the
+   products are in cache. Rows are independent through time, so threads never meet inside a
+   call (see Share). rnn/torch/fused.py compiles this file with the system's C compiler and
+   loads it with ctypes; without a compiler the recurrences keep their eager code.
 
-   Deterministic whatever the thread count: each output is one thread's, summed in a fixed
-   order. All arrays are contiguous row-major float32 (ids int64). exp is a Cephes-style
+   Deterministic whatever the thread count: each row's sums run in the same order on any
+   thread. All arrays are contiguous row-major float32 (ids int64). exp is a Cephes-style
    polynomial (about 1 ulp) that the compiler vectorises; a NaN input gives a NaN output. */
 
 #include <stdint.h>
@@ -92,51 +94,46 @@ static inline void multiply_tile(int k_len, const float *const *a, const float *
     }
 }
 
-/* A thread's blocks of hidden units: blocks [b0, b1) of NR units each, of every gate; its rows
-   of products land in `pre` (MR rows of `groups` runs of `span` floats: the gates side by side,
-   so the elementwise work runs along contiguous units). */
-typedef struct {
-    int b0, b1, first, count, span;
-    float *pre;
-} Units;
-
 static int blocks_of(int h) { return (h + NR - 1) / NR; }
 
-/* This thread's share of the unit blocks: contiguous, so its weights stay in its core's cache. */
-static Units my_units(int h, int groups) {
+/* A thread's share of a minibatch: rows [lo, hi) for the whole sequence, all hidden units. Rows
+   are independent through time, so threads never wait for each other or read each other's
+   results (split by units instead, every step needs a barrier and an exchange of the new state
+   between cores: 1.4x slower when the host placed the two vCPUs far apart). Each thread reads
+   all the packed weights every step, from its L2 or the shared L3. Its products land in `pre`:
+   MR rows of `groups` runs of `span` floats (the gates side by side, so the elementwise work
+   runs along contiguous units). */
+typedef struct {
+    int lo, hi, blocks, span;
+    float *pre;
+} Share;
+
+static Share my_share(int rows, int h, int groups) {
 #ifdef _OPENMP
     int threads = omp_get_num_threads(), id = omp_get_thread_num();
 #else
     int threads = 1, id = 0;
 #endif
-    int blocks = blocks_of(h);
-    Units u;
-    u.b0 = (int)((int64_t)blocks * id / threads);
-    u.b1 = (int)((int64_t)blocks * (id + 1) / threads);
-    u.first = u.b0 * NR;
-    u.count = u.b1 > u.b0 ? min_int(h, u.b1 * NR) - u.first : 0;
-    u.span = (u.b1 - u.b0) * NR;
-    u.pre = aligned_alloc(64, sizeof(float) * ((size_t)MR * groups * u.span + 16));
-    return u;
+    Share sh;
+    sh.lo = (int)((int64_t)rows * id / threads);
+    sh.hi = (int)((int64_t)rows * (id + 1) / threads);
+    sh.blocks = blocks_of(h);
+    sh.span = sh.blocks * NR;
+    sh.pre = aligned_alloc(64, sizeof(float) * ((size_t)MR * groups * sh.span + 16));
+    return sh;
 }
 
-/* Rows i0..i0 + MR of m (rows x k_len, `ld` floats apart; rows past the end repeat the last,
-   computed and never stored, so every tile runs the same full-width code) times the thread's
-   panels of `packed` (pack_gates's layout, `groups` gates), into u->pre. */
-static void multiply_rows(int k_len, const float *m, int64_t ld, int i0, int rows,
-                          const float *packed, int groups, const Units *u) {
+/* Rows i0..i0 + MR of m (`ld` floats apart, k_len used; rows from `hi` on repeat the last,
+   computed and never stored, so every tile runs the same full-width code) times every panel of
+   `packed` (pack_gates's layout, `groups` gates), into sh->pre. */
+static void multiply_rows(int k_len, const float *m, int64_t ld, int i0, int hi,
+                          const float *packed, int groups, const Share *sh) {
     const float *a[MR];
-    for (int r = 0; r < MR; r++) a[r] = m + (int64_t)min_int(i0 + r, rows - 1) * ld;
-    for (int b = u->b0; b < u->b1; b++)
+    for (int r = 0; r < MR; r++) a[r] = m + (int64_t)min_int(i0 + r, hi - 1) * ld;
+    for (int b = 0; b < sh->blocks; b++)
         for (int g = 0; g < groups; g++)
             multiply_tile(k_len, a, packed + ((int64_t)b * groups + g) * k_len * NR,
-                          u->pre + g * u->span + (b - u->b0) * NR, groups * u->span);
-}
-
-static inline void barrier(void) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+                          sh->pre + g * sh->span + b * NR, groups * sh->span);
 }
 
 /* Packs w (k_len rows, `ld` floats apart; `groups` gates of h units side by side) into panels
@@ -189,18 +186,18 @@ void lstm_forward(int steps, int rows, int h, const float *w_packed, const float
     int64_t hh = (int64_t)rows * h;
 #pragma omp parallel if (hh >= PARALLEL_MIN)
     {
-        Units un = my_units(h, 4);
-        int n = un.count, span = un.span;
+        Share sh = my_share(rows, h, 4);
+        int n = h, span = sh.span;
         for (int t = 0; t < steps; t++) {
             const int64_t *id;
             const float *xt = step_input(x, ids, t, rows, 4 * h, &id);
-            for (int i0 = 0; i0 < rows; i0 += MR) {
-                multiply_rows(h, hs + t * hh, h, i0, rows, w_packed, 4, &un);
-                for (int r = 0; r < min_int(MR, rows - i0); r++) {
-                    int64_t b = i0 + r, o = b * h + un.first;
-                    const float *xr = input_row(xt, id, (int)b, 4 * h) + un.first;
-                    const float *pre = un.pre + r * 4 * span, *cp = cs + t * hh + o;
-                    float *g = gates + 4 * t * hh + b * 4 * h + un.first;
+            for (int i0 = sh.lo; i0 < sh.hi; i0 += MR) {
+                multiply_rows(h, hs + t * hh, h, i0, sh.hi, w_packed, 4, &sh);
+                for (int r = 0; r < min_int(MR, sh.hi - i0); r++) {
+                    int64_t b = i0 + r, o = b * h;
+                    const float *xr = input_row(xt, id, (int)b, 4 * h);
+                    const float *pre = sh.pre + r * 4 * span, *cp = cs + t * hh + o;
+                    float *g = gates + 4 * t * hh + b * 4 * h;
                     float *cn = cs + (t + 1) * hh + o, *tc = tanh_c + t * hh + o;
                     float *hn = hs + (t + 1) * hh + o;
 #pragma omp simd
@@ -215,9 +212,8 @@ void lstm_forward(int steps, int rows, int h, const float *w_packed, const float
                     }
                 }
             }
-            barrier();
         }
-        free(un.pre);
+        free(sh.pre);
     }
 }
 
@@ -230,26 +226,26 @@ void lstm_backward(int steps, int rows, int h, const float *wt_packed, const flo
     int64_t hh = (int64_t)rows * h;
 #pragma omp parallel if (hh >= PARALLEL_MIN)
     {
-        Units un = my_units(h, 1);
-        int n = un.count;
+        Share sh = my_share(rows, h, 1);
+        int n = h;
         for (int t = steps - 1; t >= -1; t--) { /* t = -1: dL/dH_0 alone */
-            for (int i0 = 0; i0 < rows; i0 += MR) {
+            for (int i0 = sh.lo; i0 < sh.hi; i0 += MR) {
                 if (t == steps - 1) /* dL/dH_T is the loss's own alone */
-                    memset(un.pre, 0, sizeof(float) * MR * un.span);
+                    memset(sh.pre, 0, sizeof(float) * MR * sh.span);
                 else
-                    multiply_rows(4 * h, grad_pre + 4 * (t + 1) * hh, 4 * h, i0, rows, wt_packed,
-                                  1, &un);
-                for (int r = 0; r < min_int(MR, rows - i0); r++) {
-                    int64_t b = i0 + r, o = b * h + un.first;
-                    const float *prod = un.pre + r * un.span;
+                    multiply_rows(4 * h, grad_pre + 4 * (t + 1) * hh, 4 * h, i0, sh.hi, wt_packed,
+                                  1, &sh);
+                for (int r = 0; r < min_int(MR, sh.hi - i0); r++) {
+                    int64_t b = i0 + r, o = b * h;
+                    const float *prod = sh.pre + r * sh.span;
                     if (t < 0) {
                         memcpy(grad_h0 + o, prod, n * sizeof(float));
                         continue;
                     }
-                    const float *g = gates + 4 * t * hh + b * 4 * h + un.first;
+                    const float *g = gates + 4 * t * hh + b * 4 * h;
                     const float *cp = cs + t * hh + o, *tc = tanh_c + t * hh + o;
                     const float *later = grad_hs + t * hh + o;
-                    float *dc = grad_c + o, *d = grad_pre + 4 * t * hh + b * 4 * h + un.first;
+                    float *dc = grad_c + o, *d = grad_pre + 4 * t * hh + b * 4 * h;
 #pragma omp simd
                     for (int u = 0; u < n; u++) {
                         float i = g[u], f = g[h + u], og = g[2 * h + u], cc = g[3 * h + u];
@@ -263,9 +259,8 @@ void lstm_backward(int steps, int rows, int h, const float *wt_packed, const flo
                     }
                 }
             }
-            barrier();
         }
-        free(un.pre);
+        free(sh.pre);
     }
 }
 
@@ -279,20 +274,20 @@ void gru_forward(int steps, int rows, int h, const float *zr_packed, const float
     int64_t hh = (int64_t)rows * h;
 #pragma omp parallel if (hh >= PARALLEL_MIN)
     {
-        Units un = my_units(h, 2);
-        int n = un.count, span = un.span;
+        Share sh = my_share(rows, h, 2);
+        int n = h, span = sh.span;
         for (int t = 0; t < steps; t++) {
             const int64_t *id;
             const float *xzr = step_input(x_zr, ids, t, rows, 2 * h, &id);
             const float *xh = step_input(x_h, ids, t, rows, h, &id);
             float *g = gates + 2 * t * hh, *in = inner + t * hh;
-            for (int i0 = 0; i0 < rows; i0 += MR) {
-                multiply_rows(h, hs + t * hh, h, i0, rows, zr_packed, 2, &un);
-                for (int r = 0; r < min_int(MR, rows - i0); r++) {
-                    int64_t b = i0 + r, o = b * h + un.first;
-                    const float *xr = input_row(xzr, id, (int)b, 2 * h) + un.first;
-                    const float *pre = un.pre + r * 2 * span, *hp = hs + t * hh + o;
-                    float *gb = g + b * 2 * h + un.first;
+            for (int i0 = sh.lo; i0 < sh.hi; i0 += MR) {
+                multiply_rows(h, hs + t * hh, h, i0, sh.hi, zr_packed, 2, &sh);
+                for (int r = 0; r < min_int(MR, sh.hi - i0); r++) {
+                    int64_t b = i0 + r, o = b * h;
+                    const float *xr = input_row(xzr, id, (int)b, 2 * h);
+                    const float *pre = sh.pre + r * 2 * span, *hp = hs + t * hh + o;
+                    float *gb = g + b * 2 * h;
 #pragma omp simd
                     for (int u = 0; u < n; u++) {
                         float z = sigmoid(pre[u] + xr[u]);
@@ -301,13 +296,12 @@ void gru_forward(int steps, int rows, int h, const float *zr_packed, const float
                     }
                 }
             }
-            barrier();
-            for (int i0 = 0; i0 < rows; i0 += MR) {
-                multiply_rows(h, in, h, i0, rows, hh_packed, 1, &un);
-                for (int r = 0; r < min_int(MR, rows - i0); r++) {
-                    int64_t b = i0 + r, o = b * h + un.first;
-                    const float *xr = input_row(xh, id, (int)b, h) + un.first;
-                    const float *pre = un.pre + r * span, *z = g + b * 2 * h + un.first;
+            for (int i0 = sh.lo; i0 < sh.hi; i0 += MR) {
+                multiply_rows(h, in, h, i0, sh.hi, hh_packed, 1, &sh);
+                for (int r = 0; r < min_int(MR, sh.hi - i0); r++) {
+                    int64_t b = i0 + r, o = b * h;
+                    const float *xr = input_row(xh, id, (int)b, h);
+                    const float *pre = sh.pre + r * span, *z = g + b * 2 * h;
                     const float *hp = hs + t * hh + o;
                     float *cd = cand + t * hh + o, *hn = hs + (t + 1) * hh + o;
 #pragma omp simd
@@ -317,9 +311,8 @@ void gru_forward(int steps, int rows, int h, const float *zr_packed, const float
                     }
                 }
             }
-            barrier();
         }
-        free(un.pre);
+        free(sh.pre);
     }
 }
 
@@ -334,28 +327,28 @@ void gru_backward(int steps, int rows, int h, const float *zr_packed, const floa
     int64_t hh = (int64_t)rows * h;
 #pragma omp parallel if (hh >= PARALLEL_MIN)
     {
-        Units un = my_units(h, 1);
-        int n = un.count;
+        Share sh = my_share(rows, h, 1);
+        int n = h;
         for (int t = steps - 1; t >= -1; t--) { /* t = -1: dL/dH_0 alone */
             /* dL/dH' = [d_z, d_r]_{t+1} [W_hz, W_hr]^T + carry (at the last step the loss's
                own gradient alone); then d_z and d_c */
-            for (int i0 = 0; i0 < rows; i0 += MR) {
+            for (int i0 = sh.lo; i0 < sh.hi; i0 += MR) {
                 if (t == steps - 1)
-                    memset(un.pre, 0, sizeof(float) * MR * un.span);
+                    memset(sh.pre, 0, sizeof(float) * MR * sh.span);
                 else
-                    multiply_rows(2 * h, back + 2 * (t + 1) * hh, 2 * h, i0, rows, zr_packed, 1,
-                                  &un);
-                for (int r = 0; r < min_int(MR, rows - i0); r++) {
-                    int64_t b = i0 + r, o = b * h + un.first;
-                    const float *prod = un.pre + r * un.span;
+                    multiply_rows(2 * h, back + 2 * (t + 1) * hh, 2 * h, i0, sh.hi, zr_packed, 1,
+                                  &sh);
+                for (int r = 0; r < min_int(MR, sh.hi - i0); r++) {
+                    int64_t b = i0 + r, o = b * h;
+                    const float *prod = sh.pre + r * sh.span;
                     const float *add = t == steps - 1 ? grad_hs + t * hh + o : carry + o;
                     if (t < 0) {
                         for (int u = 0; u < n; u++) grad_h0[o + u] = prod[u] + add[u];
                         continue;
                     }
-                    const float *z = gates + 2 * t * hh + b * 2 * h + un.first;
+                    const float *z = gates + 2 * t * hh + b * 2 * h;
                     const float *c = cand + t * hh + o, *hp = hs + t * hh + o;
-                    float *dh = grad_h + o, *bz = back + 2 * t * hh + b * 2 * h + un.first;
+                    float *dh = grad_h + o, *bz = back + 2 * t * hh + b * 2 * h;
                     float *dc = grad_cand + t * hh + o;
 #pragma omp simd
                     for (int u = 0; u < n; u++) {
@@ -366,18 +359,17 @@ void gru_backward(int steps, int rows, int h, const float *zr_packed, const floa
                     }
                 }
             }
-            barrier();
             if (t < 0) break;
             /* d(R H) = d_c W_hh^T; then d_r and the carry */
-            for (int i0 = 0; i0 < rows; i0 += MR) {
-                multiply_rows(h, grad_cand + t * hh, h, i0, rows, hh_packed, 1, &un);
-                for (int r = 0; r < min_int(MR, rows - i0); r++) {
-                    int64_t b = i0 + r, o = b * h + un.first;
-                    const float *drh = un.pre + r * un.span;
-                    const float *z = gates + 2 * t * hh + b * 2 * h + un.first, *rg = z + h;
+            for (int i0 = sh.lo; i0 < sh.hi; i0 += MR) {
+                multiply_rows(h, grad_cand + t * hh, h, i0, sh.hi, hh_packed, 1, &sh);
+                for (int r = 0; r < min_int(MR, sh.hi - i0); r++) {
+                    int64_t b = i0 + r, o = b * h;
+                    const float *drh = sh.pre + r * sh.span;
+                    const float *z = gates + 2 * t * hh + b * 2 * h, *rg = z + h;
                     const float *hp = hs + t * hh + o, *dh = grad_h + o;
                     const float *later = t > 0 ? grad_hs + (t - 1) * hh + o : NULL;
-                    float *br = back + 2 * t * hh + b * 2 * h + h + un.first, *cy = carry + o;
+                    float *br = back + 2 * t * hh + b * 2 * h + h, *cy = carry + o;
 #pragma omp simd
                     for (int u = 0; u < n; u++) {
                         br[u] = drh[u] * hp[u] * rg[u] * (1.0f - rg[u]);
@@ -385,8 +377,7 @@ void gru_backward(int steps, int rows, int h, const float *zr_packed, const floa
                     }
                 }
             }
-            barrier();
         }
-        free(un.pre);
+        free(sh.pre);
     }
 }
