@@ -1,4 +1,6 @@
-"""Matrix products for the recurrence, on oneDNN with a pre-packed weight where that is possible.
+"""Matrix products for the book's RNN and for the gated cells' eager loops (and the large
+weight-gradient products), on oneDNN with a pre-packed weight where that is possible; on the CPU
+the gated cells' per-step products run in C instead (``rnn/torch/cells.c``).
 
 Why: PyTorch's CPU ``torch.mm`` goes to MKL, which takes its AVX2 code path on non-Intel CPUs and
 re-reads the weight in its plain layout on every call. oneDNN (bundled with PyTorch and used by

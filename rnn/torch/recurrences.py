@@ -12,13 +12,19 @@ through ``W_h`` plus, for the weight gradient, one large product over all steps.
 with respect to ``xw`` is returned whole, so the input weights' gradients are one product outside
 too.
 
+On the CPU in float32 the gated cells' loops run in C (``rnn/torch/cells.c`` through
+``fused``): one call for the whole forward pass and one for the backward, the per-step products
+included, on weights packed once per minibatch; the weight gradient stays one library product.
+Elsewhere (CUDA, float64, ``RNN_TORCH_FUSED=0``, no compiler) the eager loops below run the same
+maths; the book's RNN always does.
+
 The gated cells' first layer passes, instead of ``xw``, a table (vocab, gates x hidden: ``W_x +
 b`` for each token, what the book's one-hot product computes) with the token ``ids`` (steps,
-batch): the fused step kernels read each row's share from the table, which stays in cache,
-instead of a gathered copy of the whole sequence (4.5 MB for the LSTM at the book's sizes) added
-inside each step's product; the table's gradient is each step's added into its tokens' rows, in
-one C pass. Tests check every cell against finite differences, nn.GRU / nn.LSTM and the book's
-per-step code, and the fused kernels against the eager code, with and without a table.
+batch): the C loops read each row's share from the table, which stays in cache, instead of a
+gathered copy of the whole sequence (4.5 MB for the LSTM at the book's sizes); the table's
+gradient is each step's added into its tokens' rows, in one C pass. Tests check every cell
+against finite differences, nn.GRU / nn.LSTM and the book's per-step code, and the C loops
+against the eager code, with and without a table.
 """
 
 from __future__ import annotations
