@@ -58,7 +58,7 @@ def test_fused_steps_equal_the_eager_recurrence(cell, table, monkeypatch):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_odd_sizes_equal_the_eager_recurrence(cell, batch, hidden, monkeypatch):
     """Rows past a tile's last, units past a panel's last, and (37 x 130: above the threading
-    threshold) two threads owning unequal blocks of units, one of them partly empty."""
+    threshold) two threads owning unequal shares of rows, neither a whole number of tiles."""
     hs_fused, grads_fused = run(cell, False, monkeypatch, True, steps=5, batch=batch, hidden=hidden)
     hs_eager, grads_eager = run(cell, True, monkeypatch, True, steps=5, batch=batch, hidden=hidden)
     torch.testing.assert_close(hs_fused, hs_eager, atol=1e-6, rtol=1e-5)
@@ -68,7 +68,7 @@ def test_odd_sizes_equal_the_eager_recurrence(cell, batch, hidden, monkeypatch):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_table_gradients_do_not_depend_on_the_thread_count(cell, monkeypatch):
-    """Each output of the C recurrences is one thread's, summed in a fixed order, and the scatter
+    """Each row of the C recurrences is one thread's, summed in a fixed order, and the scatter
     into the input table splits columns over threads, so that rows with the same token add into
     their table row in one order: bit-identical outputs and gradients at one thread and at two
     (the sizes are above the kernels' threshold for threading)."""
