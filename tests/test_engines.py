@@ -154,6 +154,7 @@ def book_epoch(backend, e, xs, ys, sampling, lr=1.0, theta=1.0):
                     if norm > theta:
                         p.grad *= theta / norm
                     p -= lr * p.grad
+            loss = loss.detach()
         else:
             if state is None or sampling == "random":
                 state = list(m.begin_state(X.shape[0]))

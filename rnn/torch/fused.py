@@ -5,14 +5,14 @@ C compiler for the machine at hand and loaded with ctypes.
 
 Why: at the book's sizes a step is a small product and about ten elementwise operations; in
 eager PyTorch each is a call of several microseconds and the products run on libraries that reach
-about half the machine's rate at that shape. In one C call a thread keeps its block of hidden
-units, and its panel of the packed weights, for the whole sequence. Not a PyTorch extension (no
+about half the machine's rate at that shape. In one C call a thread keeps its block of the
+batch's rows for the whole sequence, with no barrier between steps. Not a PyTorch extension (no
 torch headers, so it compiles in seconds) and not ``torch.compile`` (a compiled call's guards cost
 more than the operations it would fuse at these sizes).
 
 Built with OpenMP where the compiler has it, on PyTorch's own runtime (its libgomp is already
-loaded, so the library shares its pool and thread count); each output is one thread's, summed in
-a fixed order, so results do not depend on the thread count.
+loaded, so the library shares its pool and thread count); each row's sums run in the same order
+on any thread, so results do not depend on the thread count.
 
 The library is cached under ``$XDG_CACHE_HOME/rnn-pipeline`` (default ``~/.cache``), keyed by
 the sources, the compiler, its flags and the CPU, and written by rename, so concurrent first uses
@@ -37,7 +37,7 @@ from torch import Tensor
 
 SOURCES = [Path(__file__).with_name(name) for name in ("cells.c", "layout.c")]
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared"]
-# OpenMP splits a step's rows over PyTorch's threads (its libgomp is already loaded, so the
+# OpenMP splits a minibatch's rows over PyTorch's threads (its libgomp is already loaded, so the
 # library shares that runtime and its thread count); a compiler without it builds the serial loops.
 THREADING = (["-fopenmp"], ["-fopenmp-simd"])
 FUNCTIONS = {  # name -> (number of ints, then of pointers)
