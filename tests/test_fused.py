@@ -67,6 +67,23 @@ def test_odd_sizes_equal_the_eager_recurrence(cell, batch, hidden, monkeypatch):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_short_sequences_take_the_eager_loop(cell, monkeypatch):
+    """Generation feeds one step at a time: packing the weights for it would cost more than the
+    step, so the C loops are skipped below MIN_STEPS (and the results are the eager loop's)."""
+    calls = []
+    for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
+        real = getattr(fused, name)
+        monkeypatch.setattr(
+            fused, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
+        )
+    short = fused.MIN_STEPS - 1
+    run(cell, False, monkeypatch, steps=short)
+    assert calls == []
+    run(cell, False, monkeypatch, steps=fused.MIN_STEPS)
+    assert calls == [f"{cell}_forward", f"{cell}_backward"]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_table_gradients_do_not_depend_on_the_thread_count(cell, monkeypatch):
     """Each row of the C recurrences is one thread's, summed in a fixed order, and the scatter
     into the input table splits columns over threads, so that rows with the same token add into
@@ -89,7 +106,7 @@ def test_table_gradients_do_not_depend_on_the_thread_count(cell, monkeypatch):
 def test_fused_kernels_pass_nan_through(monkeypatch):
     """A diverged run must still look diverged: NaN in, NaN out (the clamps must not hide it)."""
     hs, _ = run("lstm", False, monkeypatch)
-    xw = torch.full((2, 1, 8), float("nan"))
+    xw = torch.full((fused.MIN_STEPS, 1, 8), float("nan"))
     zeros = torch.zeros(1, 2)
     out = LSTMRecurrence.apply(xw, None, zeros, zeros, torch.zeros(2, 8))[0]
     assert torch.isnan(out).all() and torch.isfinite(hs).all()

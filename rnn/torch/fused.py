@@ -123,6 +123,16 @@ def usable(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32 and library() is not None
 
 
+# Packing the recurrent weights costs about as much as a few steps' products: shorter sequences
+# (generation feeds one token at a time) run the eager loops, measured 2-4x faster per token.
+MIN_STEPS = 4
+
+
+def runs(t: Tensor, steps: int) -> bool:
+    """Whether a recurrence of ``steps`` steps on tensors like ``t`` runs in C."""
+    return steps >= MIN_STEPS and usable(t)
+
+
 def _lib() -> ctypes.CDLL:
     lib = library()
     assert lib is not None, "check fused.usable first"

@@ -122,7 +122,7 @@ class GRURecurrence(torch.autograd.Function):
         cand = x_h.new_empty(steps, batch, hidden)  # C
         # reset before: R * H, the candidate product's input; reset after: H W_hh + b_hh
         inner = x_h.new_empty(steps, batch, hidden)
-        if not reset_after and fused.usable(x_h):  # the whole loop in C (rnn/torch/cells.c)
+        if not reset_after and fused.runs(x_h, steps):  # the whole loop in C (cells.c)
             x_zr, x_h, ids = (a if a is None else a.contiguous() for a in (x_zr, x_h, ids))
             fused.gru_forward(x_zr, x_h, ids, W_h, hs, gates, inner, cand)
         elif reset_after:
@@ -152,7 +152,7 @@ class GRURecurrence(torch.autograd.Function):
         hs, gates, cand, inner, W_h, ids = ctx.saved_tensors
         steps, batch, hidden = cand.shape
         grad_hs = grad_hs.contiguous()
-        if not ctx.reset_after and fused.usable(cand):
+        if not ctx.reset_after and fused.runs(cand, steps):
             back, grad_c, grad_h = fused.gru_backward(grad_hs, gates, cand, hs, W_h)
             grad_w = _book_gru_weight_grad(hs, inner, back, grad_c)
             grad_zr, grad_c = (_table_grad(g, ids, ctx.table_rows) for g in (back, grad_c))
@@ -241,7 +241,7 @@ class LSTMRecurrence(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         gates = x.new_empty(steps, batch, 4 * hidden)  # after their activations
         tanh_c = x.new_empty(steps, batch, hidden)
-        if fused.usable(x):  # the whole loop in C (rnn/torch/cells.c)
+        if fused.runs(x, steps):  # the whole loop in C (rnn/torch/cells.c)
             x, ids = x.contiguous(), ids if ids is None else ids.contiguous()
             fused.lstm_forward(x, ids, W_h, hs, cs, gates, tanh_c)
         else:
@@ -263,7 +263,7 @@ class LSTMRecurrence(torch.autograd.Function):
         hs, cs, gates, tanh_c, W_h, ids = ctx.saved_tensors
         steps, batch, hidden = tanh_c.shape
         grad_hs = grad_hs.contiguous()
-        if fused.usable(tanh_c):  # the whole loop in C (rnn/torch/cells.c)
+        if fused.runs(tanh_c, steps):  # the whole loop in C (rnn/torch/cells.c)
             grad_c = grad_c_last.clone(memory_format=torch.contiguous_format)
             grad_xw, grad_h = fused.lstm_backward(grad_hs, grad_c, gates, cs, tanh_c, W_h)
             grad_x = _table_grad(grad_xw, ids, ctx.table_rows)
