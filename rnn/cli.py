@@ -4,19 +4,19 @@ stage functions, so the three entry points cannot drift."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from rnn import stages
+from rnn import exits, stages
 from rnn.config import Params, load_params
-from rnn.errors import PipelineError, from_os_error
+from rnn.errors import PipelineError
+from rnn.exits import click_exceptions
 from rnn.lock import workspace_lock
 from rnn.registry import RunKey, grid
 from rnn.workspace import Workspace
@@ -27,7 +27,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-F = TypeVar("F", bound=Callable[..., Any])
+_options = {"verbose": False}
+
+
+@app.callback()
+def options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="print the full traceback of an unexpected error")
+    ] = False,
+) -> None:
+    """Train and compare RNN language models: each subcommand is one pipeline stage."""
+    _options["verbose"] = verbose
+
+
 ParamsOpt = Annotated[
     Path | None,
     typer.Option("--params", "-p", help="parameter file [default: WORKDIR/params.yaml]"),
@@ -41,24 +53,6 @@ WorkdirOpt = Annotated[
         file_okay=False,
     ),
 ]
-
-
-def one_line_errors(func: F) -> F:
-    """Turn a PipelineError, or a failing disk or store (OSError), into one line on stderr and
-    exit status 2 (no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except PipelineError as err:
-            print(err.one_line(), file=sys.stderr)
-            raise typer.Exit(2) from None
-        except OSError as err:
-            print(from_os_error(err).one_line(), file=sys.stderr)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def echo_summary(summary: Any) -> None:
@@ -82,7 +76,6 @@ def writing(ws: Workspace, what: str) -> Iterator[None]:
 
 
 @app.command()
-@one_line_errors
 def ingest(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
     """Fetch or read the source text, strip Gutenberg boilerplate, normalise: data/corpus.parquet."""
     ws, cfg = open_workspace(workdir, params)
@@ -91,7 +84,6 @@ def ingest(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
 
 
 @app.command()
-@one_line_errors
 def fetch(
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -111,7 +103,6 @@ def fetch(
 
 
 @app.command()
-@one_line_errors
 def vocab(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
     """Build the vocabulary and encode the corpus as integer ids: data/vocab/."""
     ws, cfg = open_workspace(workdir, params)
@@ -120,7 +111,6 @@ def vocab(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
 
 
 @app.command()
-@one_line_errors
 def partition(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
     """Split the encoded corpus into contiguous train/valid/test parts: data/partition/."""
     ws, cfg = open_workspace(workdir, params)
@@ -154,7 +144,6 @@ def run_key(params: Params, backend: str, variant: str, model: str | None) -> Ru
 
 
 @app.command()
-@one_line_errors
 def train(
     backend: Backend,
     variant: Variant,
@@ -185,7 +174,6 @@ def train(
 
 
 @app.command()
-@one_line_errors
 def evaluate(
     backend: Backend,
     variant: Variant,
@@ -201,7 +189,6 @@ def evaluate(
 
 
 @app.command()
-@one_line_errors
 def report(
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -219,7 +206,6 @@ def report(
 
 
 @app.command()
-@one_line_errors
 def generate(
     backend: Backend,
     variant: Variant,
@@ -232,17 +218,22 @@ def generate(
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Generate text from a trained model, greedy or sampled."""
-    from rnn.evaluate import generate_text, load_trained
+    """Generate text from a trained model, greedy or sampled, written as it is produced."""
+    from rnn.evaluate import load_trained, stream_text
 
     ws, loaded = open_workspace(workdir, params)
     run = run_key(loaded, backend, variant, model)
     engine, vocab = load_trained(backend, variant, loaded, ws.model(run), ws.vocab)
-    typer.echo(generate_text(engine, vocab, prefix, num_preds, temperature, top_k, seed))
+    try:
+        for piece in stream_text(engine, vocab, prefix, num_preds, temperature, top_k, seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:  # Ctrl-C ends the text's line before the one-line message
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@one_line_errors
 def repro(ctx: typer.Context, workdir: WorkdirOpt = None) -> None:
     """`dvc repro` holding the workspace from start to end, so that a second run here fails at
     once naming this one; further arguments go to `dvc repro` (targets, --force, ...)."""
@@ -255,34 +246,30 @@ def repro(ctx: typer.Context, workdir: WorkdirOpt = None) -> None:
 
 
 @app.command("params")
-@one_line_errors
 def show_params(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
     """Validate the parameter file and print it with every default filled in."""
     typer.echo(json.dumps(open_workspace(workdir, params)[1].model_dump(), indent=2))
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    """The CLI, with click's usage errors (a bad option value, an unknown option) as one line
-    like every other error, instead of a framed block."""
-    try:  # typer 0.2x carries its own copy of click
-        from typer._click import exceptions as click
-    except ImportError:  # pragma: no cover - older typer on the public click
-        from click import exceptions as click
-
+def main() -> None:  # the `rnn` script and `python -m rnn.cli` alike (pyproject.toml)
+    """Run the CLI, ending every failure in one line and a documented status (rnn/exits.py)."""
     try:
-        code = app(standalone_mode=False)
-    except click.NoArgsIsHelpError as err:
+        code = app(prog_name=exits.PROG, standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as err:
         print(err.ctx.get_help() if err.ctx else err.format_message())
-        sys.exit(0)
-    except click.ClickException as err:
-        ctx = getattr(err, "ctx", None)
-        command = ctx.command_path if ctx is not None else "rnn"
-        message = " ".join(err.format_message().split()).rstrip(".")
-        print(f"error: {message}; fix: see `{command} --help`", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except click.Abort:
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        exits.finish(exits.OK)
+    except click_exceptions.ClickException as err:
+        exits.fail(exits.usage_line(err), err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        exits.fail(exits.interrupted_line(), exits.INTERRUPTED)
+    except Exception as err:
+        line = exits.user_error_line(err)
+        if line is not None:
+            exits.fail(line, exits.USER_ERROR)
+        exits.fail(exits.bug_report(err, _options["verbose"]), exits.BUG)
+    if code == exits.INTERRUPTED:  # typer turns Ctrl-C inside a command into Exit(130)
+        exits.fail(exits.interrupted_line(), exits.INTERRUPTED)
+    exits.finish(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

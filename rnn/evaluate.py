@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from rnn.atomic import atomic_path
 from rnn.config import Params
 from rnn.engine import make_engine
 from rnn.errors import PipelineError
+from rnn.memory import check_fits, estimate
 from rnn.partition import SPLITS, evaluation_minibatches, load_split
 from rnn.record import WEIGHTS_FILE, file_sha256, read_record
 from rnn.registry import RunKey
@@ -50,6 +52,14 @@ def load_trained(
             f"{len(vocab)}",
             "retrain (`dvc repro`) after changing the vocabulary",
         )
+    need = estimate(
+        args.get("cell", "rnn"),
+        args["vocab_size"],
+        args["num_hiddens"],
+        args.get("num_layers", 1),
+        (params.partition.batch_size, params.partition.num_steps),
+    )
+    check_fits(need, params.train.device, f"loading {model_dir}")
     engine = make_engine(
         backend,
         variant,
@@ -95,11 +105,28 @@ def generate_text(
     top_k: int = 0,
     seed: int = 0,
 ) -> str:
+    return "".join(stream_text(engine, vocab, prefix, num_preds, temperature, top_k, seed))
+
+
+def stream_text(
+    engine,
+    vocab: Vocab,
+    prefix: str,
+    num_preds: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+) -> Iterator[str]:
+    """The prefix as the model reads it, then each generated token's text as soon as it is
+    chosen; joined, the pieces are ``vocab.decode`` of the whole sequence."""
     _check_prefix(vocab, prefix)
     prefix_ids = vocab.encode(prefix)
     if not prefix_ids:
         raise PipelineError(f"prefix {prefix!r} has no tokens", "use a non-empty prefix")
-    return vocab.decode(engine.generate(prefix_ids, num_preds, temperature, top_k, seed))
+    sep = "" if vocab.token_type == "char" else " "
+    yield vocab.decode(prefix_ids)
+    for token in engine.stream(prefix_ids, num_preds, temperature, top_k, seed):
+        yield sep + vocab.decode([token])
 
 
 def _check_prefix(vocab: Vocab, prefix: str) -> None:

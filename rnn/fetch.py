@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -68,7 +69,14 @@ def download(cfg: IngestConfig) -> Path:
 def seed_cache(cfg: IngestConfig, local_file: Path) -> Path:
     """Put a local copy of a URL source in the cache after verifying it against the pinned hash."""
     if not local_file.is_file():
-        raise PipelineError(f"{local_file} not found", "pass an existing file to --from-file")
+        problem = (
+            f"{local_file} is a {special_kind(local_file)}, not a regular file"
+            if local_file.exists() and not local_file.is_dir()
+            else f"{local_file} is not a file"
+            if local_file.exists()
+            else f"{local_file} not found"
+        )
+        raise PipelineError(problem, "pass an existing regular file to --from-file")
     actual = pooch.file_hash(str(local_file), alg="sha256" if cfg.sha256 else "sha1")
     expected = cfg.sha256 or cfg.sha1
     if actual != expected:
@@ -99,10 +107,30 @@ def local_files(source: str, root: Path) -> list[Path]:
         if not files:
             raise PipelineError(f"pattern {source} matches no files", "check the glob pattern")
         return files
+    if path.exists():  # a FIFO, a device, a socket: there, but no text to read to its end
+        raise PipelineError(
+            f"source {source} is a {special_kind(path)}, not a regular file or directory",
+            "set ingest.source to a regular file (copy the stream to one first), a directory, "
+            "a glob or an http(s) URL",
+        )
     raise PipelineError(
         f"source {source} not found",
         "set ingest.source to an existing file, directory, glob or http(s) URL",
     )
+
+
+def special_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a directory is, in words."""
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "named pipe (FIFO)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def resolve_source(cfg: IngestConfig, root: Path) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 
@@ -21,6 +23,33 @@ def choose_next(
     return int(rng.choice(probs.size, p=probs))
 
 
+def stream(
+    step,
+    begin,
+    prefix_ids: list[int],
+    num_preds: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+) -> Iterator[int]:
+    """The chapter's ``predict`` as a stream: warm the state up on the prefix, then yield
+    ``num_preds`` ids one at a time, each as soon as it is chosen.
+
+    ``step(token_id, state) -> (logits as NumPy, state)``; ``begin()`` returns a fresh state.
+    """
+    if not prefix_ids:
+        raise ValueError("the prefix must hold at least one token")
+    rng = np.random.default_rng(seed)
+    state = begin()
+    for token in prefix_ids[:-1]:  # warm-up: feed the prefix, ignore the predictions
+        _, state = step(token, state)
+    last = prefix_ids[-1]
+    for _ in range(num_preds):
+        logits, state = step(last, state)
+        last = choose_next(logits, temperature, top_k, rng)
+        yield last
+
+
 def generate(
     step,
     begin,
@@ -30,19 +59,8 @@ def generate(
     top_k: int = 0,
     seed: int = 0,
 ) -> list[int]:
-    """The chapter's ``predict``: warm the state up on the prefix, then emit ``num_preds`` ids.
-
-    ``step(token_id, state) -> (logits as NumPy, state)``; ``begin()`` returns a fresh state.
-    """
-    if not prefix_ids:
-        raise ValueError("the prefix must hold at least one token")
-    rng = np.random.default_rng(seed)
-    state = begin()
-    outputs = [prefix_ids[0]]
-    for token in prefix_ids[1:]:  # warm-up: feed the prefix, ignore the predictions
-        _, state = step(outputs[-1], state)
-        outputs.append(token)
-    for _ in range(num_preds):
-        logits, state = step(outputs[-1], state)
-        outputs.append(choose_next(logits, temperature, top_k, rng))
-    return outputs
+    """The prefix followed by ``num_preds`` generated ids (``stream``, collected)."""
+    return [
+        *prefix_ids,
+        *stream(step, begin, prefix_ids, num_preds, temperature, top_k, seed),
+    ]

@@ -42,6 +42,8 @@ def train_stage(ws: Workspace, params: Params, run: RunKey, world=None, **option
     processes (rnn/launch.py), unless it runs in one of them (``world``: its rank)."""
     from rnn.train import train_model
 
+    if world is None:  # the launcher's process checks for every rank
+        check_training_memory(ws, params, run)
     if world is None and params.train.data_parallel > 1:
         from rnn.launch import train_data_parallel
 
@@ -58,6 +60,24 @@ def train_stage(ws: Workspace, params: Params, run: RunKey, world=None, **option
         checkpoint_dir=ws.checkpoint(run),
         **options,
     )
+
+
+def check_training_memory(ws: Workspace, params: Params, run: RunKey) -> None:
+    """Refuse a run too large for this machine before anything is built or written."""
+    from rnn.memory import check_fits, estimate
+    from rnn.vocab import Vocab
+
+    arch, tcfg, part = params.model(run.model), params.train, params.partition
+    need = estimate(
+        arch.cell,
+        len(Vocab.load(ws.vocab)),
+        arch.hiddens(run.variant),
+        arch.num_layers,
+        (part.batch_size, part.num_steps),
+        optimizer=tcfg.optimizer.name,
+        replicas=tcfg.data_parallel,
+    )
+    check_fits(need, tcfg.device, f"training {run.name}")
 
 
 def evaluate_stage(ws: Workspace, params: Params, run: RunKey):

@@ -11,6 +11,7 @@ frameworks take the same steps (tests/test_optim.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
 from rnn.record import read_weights, write_weights
-from rnn.sampling import generate
+from rnn.sampling import stream
 from rnn.tf.concise import RNNModel
 from rnn.tf.scratch import RNNModelScratch, uniform_init
 
@@ -339,12 +340,14 @@ class Engine:
             total = self._eval_fn(xs.astype(np.int32), ys.astype(np.int32))
         return float(total), xs.size
 
-    def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> list[int]:
+    def stream(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> Iterator[int]:
+        """Generated ids, each yielded as soon as it is chosen (rnn/sampling.py)."""
+
         def step(token: int, state):
             logits, state = self._step_fn(tf.constant([[token]], tf.int32), list(state))
             return logits[0].numpy(), state
 
-        return generate(
+        return stream(
             step,
             lambda: list(self.model.begin_state(1)),
             prefix_ids,
@@ -353,6 +356,9 @@ class Engine:
             top_k,
             seed,
         )
+
+    def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> list[int]:
+        return [*prefix_ids, *self.stream(prefix_ids, num_preds, temperature, top_k, seed)]
 
     def num_params(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.variables))

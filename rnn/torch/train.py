@@ -9,6 +9,8 @@ sync).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,7 +22,7 @@ from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
 from rnn.record import read_weights, weights_metadata, write_weights
-from rnn.sampling import generate
+from rnn.sampling import stream
 from rnn.torch.concise import RNNModel
 from rnn.torch.scratch import DropoutMasks, RNNModelScratch, uniform_init
 
@@ -209,7 +211,8 @@ class Engine:
             total += F.cross_entropy(logits, time_major_labels(Y), reduction="sum").double()
         return float(total), xs.size
 
-    def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> list[int]:
+    def stream(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> Iterator[int]:
+        """Generated ids, each yielded as soon as it is chosen (rnn/sampling.py)."""
         self.model.eval()
 
         @torch.no_grad()
@@ -217,7 +220,7 @@ class Engine:
             logits, state = self.model(torch.tensor([[token]], device=self.device), state)
             return logits[0].cpu().numpy(), state
 
-        return generate(
+        return stream(
             step,
             lambda: self.model.begin_state(1, self.device),
             prefix_ids,
@@ -226,6 +229,9 @@ class Engine:
             top_k,
             seed,
         )
+
+    def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> list[int]:
+        return [*prefix_ids, *self.stream(prefix_ids, num_preds, temperature, top_k, seed)]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
