@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rnn.errors import PipelineError
 from rnn.repro import dvc_command
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,44 @@ def dvc_repo(root: Path, doing: str) -> Iterator:
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=check)
+
+
+def tracked_inputs(root: Path) -> list[str]:
+    """The repository's DVC-tracked source data (`.dvc` files in git: `rnn corpus add`)."""
+    listed = git(root, "ls-files", "--", "*.dvc", check=False).stdout.split()
+    return [name for name in listed if (root / name).is_file()]
+
+
+def _outputs_present(root: Path, tracker: str) -> bool:
+    import yaml
+
+    record = yaml.safe_load((root / tracker).read_text()) or {}
+    base = (root / tracker).parent
+    return all((base / out["path"]).exists() for out in record.get("outs", []))
+
+
+def sync_inputs(root: Path) -> list[str]:
+    """Bring every tracked source into the workspace as `dvc repro` needs it: pull what is
+    missing (a pool machine's fresh clone has only the `.dvc` files, and may have no network:
+    the DVC remote is where every machine reads the same bytes), and record an edited one, as
+    `dvc repro` does for a changed data source. Returns the `.dvc` files."""
+    targets = tracked_inputs(root)
+    missing = [t for t in targets if not _outputs_present(root, t)]
+    if missing:
+        result = run_dvc(root, "pull", "-q", *missing, check=False)
+        if result.returncode != 0 or not all(_outputs_present(root, t) for t in missing):
+            reason = (result.stderr.strip().splitlines() or ["not there"])[-1]
+            raise PipelineError(
+                f"source data {', '.join(missing)} could not be pulled from the DVC remote "
+                f"({reason})",
+                "`dvc push` it from the machine where it was added (`rnn corpus add` pushes it)",
+            )
+    present = [t for t in targets if t not in missing]
+    if present:
+        with dvc_repo(root, "commit") as repo:
+            for tracker in present:
+                repo.commit(tracker, force=True)
+    return targets
 
 
 def stale_stages(root: Path) -> set[str]:
@@ -173,7 +212,7 @@ def _push(root: Path, stages: list[str]) -> str:
     from dvc_data.hashfile.transfer import transfer
 
     with dvc_repo(root, "push") as repo:
-        pushed = repo.push(stages, run_cache=True)
+        pushed = repo.push([*tracked_inputs(root), *stages], run_cache=True)
         with repo.lock:
             uncached = set()
             for stage in repo.index.stages:

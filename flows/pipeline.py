@@ -276,6 +276,8 @@ def _pipeline(
             "fan_out needs a DVC repository with a shared remote: the pool's runs meet there",
             "set RNN_DVC_REMOTE on the workers (python -m pool up --remote URL)",
         )
+    if tracked:
+        dvc_sync.sync_inputs(ws.root)
     if shared:
         dvc_sync.fetch_run_cache(ws.root)
     names = stage_names(runs)

@@ -104,6 +104,7 @@ def _train_variant(ws, backend, variant, model, params, params_file, code) -> di
     narrowed = {"train": {"backends": [backend], "variants": [variant], "models": [model]}}
     run_params = adopt_params(ws, params_file, merge(params or {}, narrowed))
     shared = dvc_sync.connect_remote(ws.root)
+    dvc_sync.sync_inputs(ws.root)
     if shared:
         dvc_sync.fetch_run_cache(ws.root)
     names = stage_names([run])

@@ -91,15 +91,45 @@ def fetch(
         Path | None, typer.Option(help="seed the download cache with this verified local copy")
     ] = None,
 ) -> None:
-    """Download the URL source into the cache (or seed the cache from a local copy)."""
+    """Bring the corpus here: download a URL source into the cache, or restore a DVC-tracked
+    one (data/raw/) from the remote, the URL it came from or a verified local copy."""
     from rnn.fetch import download, seed_cache
+    from rnn.sources import restore_tracked
 
     ws, loaded = open_workspace(workdir, params)
     cfg = stages.rooted_ingest(loaded.ingest, ws)
     if not cfg.is_url:
-        raise PipelineError(f"ingest.source {cfg.source} is not a URL", "nothing to fetch")
+        with writing(ws, "fetch"):
+            echo_summary({"corpus": str(restore_tracked(ws, cfg, from_file))})
+        return
     path = seed_cache(cfg, from_file) if from_file else download(cfg)
     echo_summary({"cached": str(path)})
+
+
+corpus_app = typer.Typer(
+    help="Your own text as a DVC-tracked input (data/raw/), versioned and pushed like every output.",
+    no_args_is_help=True,
+)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("add")
+def corpus_add(
+    source: Annotated[str, typer.Argument(help="a file, a directory, or an http(s) URL")],
+    name: Annotated[str | None, typer.Option(help="its name under data/raw/")] = None,
+    sha1: Annotated[str | None, typer.Option(help="a URL's pinned sha1")] = None,
+    sha256: Annotated[str | None, typer.Option(help="a URL's pinned sha256")] = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Copy SOURCE to data/raw/NAME, track it with DVC (`dvc add`), set ingest.source to it and
+    push it to the DVC remote: `dvc repro` and the flows then rerun ingest whenever it changes."""
+    from rnn.sources import add_corpus
+
+    ws, _ = open_workspace(workdir, params)
+    params_file = params if params is not None else ws.params_file
+    with writing(ws, "corpus add"):
+        echo_summary(add_corpus(ws, params_file, source, name, sha1, sha256))
 
 
 @app.command()

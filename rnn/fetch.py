@@ -113,6 +113,11 @@ def local_files(source: str, root: Path) -> list[Path]:
             "set ingest.source to a regular file (copy the stream to one first), a directory, "
             "a glob or an http(s) URL",
         )
+    if path.with_name(path.name + ".dvc").is_file():
+        raise PipelineError(
+            f"source {source} is tracked by DVC but not in this checkout",
+            "`dvc pull` it (or `rnn fetch`, which also takes --from-file COPY)",
+        )
     raise PipelineError(
         f"source {source} not found",
         "set ingest.source to an existing file, directory, glob or http(s) URL",

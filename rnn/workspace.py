@@ -50,6 +50,11 @@ class Workspace:
         return self.root / "data"
 
     @property
+    def raw(self) -> Path:
+        """Source texts tracked by DVC (`rnn corpus add`), the ingest stage's input."""
+        return self.data / "raw"
+
+    @property
     def corpus(self) -> Path:
         return self.data / "corpus.parquet"
 
