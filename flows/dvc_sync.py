@@ -70,32 +70,55 @@ def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def tracked_inputs(root: Path) -> list[str]:
-    """The repository's DVC-tracked source data (`.dvc` files in git: `rnn corpus add`)."""
-    listed = git(root, "ls-files", "--", "*.dvc", check=False).stdout.split()
-    return [name for name in listed if (root / name).is_file()]
-
-
-def _outputs_present(root: Path, tracker: str) -> bool:
+    """The `.dvc` files (`rnn corpus add`) that track the text ``ingest.source`` names in the
+    workspace's params.yaml: the file itself, a directory holding it, or files inside it."""
     import yaml
 
+    params = (
+        yaml.safe_load((root / "params.yaml").read_text())
+        if (root / "params.yaml").is_file()
+        else {}
+    )
+    source = str(((params or {}).get("ingest") or {}).get("source") or "")
+    if not source or source.startswith(("http://", "https://")):
+        return []
+    wanted = (root / source).resolve()
+    listed = git(root, "ls-files", "--", "*.dvc", check=False).stdout.split()
+    return [
+        name
+        for name in listed
+        if any(
+            out == wanted or out in wanted.parents or wanted in out.parents
+            for out in _outputs(root, name)
+        )
+    ]
+
+
+def _outputs(root: Path, tracker: str) -> list[Path]:
+    import yaml
+
+    if not (root / tracker).is_file():
+        return []
     record = yaml.safe_load((root / tracker).read_text()) or {}
     base = (root / tracker).parent
-    return all((base / out["path"]).exists() for out in record.get("outs", []))
+    return [(base / out["path"]).resolve() for out in record.get("outs", [])]
 
 
 def sync_inputs(root: Path) -> list[str]:
-    """Bring every tracked source into the workspace as `dvc repro` needs it: pull what is
-    missing (a pool machine's fresh clone has only the `.dvc` files, and may have no network:
-    the DVC remote is where every machine reads the same bytes), and record an edited one, as
+    """Bring the tracked source text into the workspace as `dvc repro` needs it: pull it when
+    missing (a pool machine's fresh clone has only the `.dvc` file, and may have no network: the
+    DVC remote is where every machine reads the same bytes), and record it when edited, as
     `dvc repro` does for a changed data source. Returns the `.dvc` files."""
     targets = tracked_inputs(root)
-    missing = [t for t in targets if not _outputs_present(root, t)]
+    missing = [t for t in targets if not all(p.exists() for p in _outputs(root, t))]
     if missing:
         result = run_dvc(root, "pull", "-q", *missing, check=False)
-        if result.returncode != 0 or not all(_outputs_present(root, t) for t in missing):
+        if result.returncode != 0 or not all(
+            p.exists() for t in missing for p in _outputs(root, t)
+        ):
             reason = (result.stderr.strip().splitlines() or ["not there"])[-1]
             raise PipelineError(
-                f"source data {', '.join(missing)} could not be pulled from the DVC remote "
+                f"source text {', '.join(missing)} could not be pulled from the DVC remote "
                 f"({reason})",
                 "`dvc push` it from the machine where it was added (`rnn corpus add` pushes it)",
             )
