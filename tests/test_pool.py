@@ -15,6 +15,9 @@ DVC remote, and two process workers, each in a directory of its own standing for
    that trains: the run rides both out and completes; the workers are left running.
 6. A soak of 8 tiny runs queued at once over the two workers: all complete, twins agree.
 7. The API credential and the S3 secret are in no file the pipeline wrote and no git object.
+8. A corpus of one's own added with `rnn corpus add` (pushed to the S3 remote, nowhere else a
+   worker can read it): a pipeline run on it completes. The whole pool runs with every proxy
+   pointing at a closed port, so nothing but 127.0.0.1 is reachable.
 Everything started is stopped by `pool down --purge` and checked gone.
 """
 
@@ -37,7 +40,7 @@ import yaml
 from pool.postgres import Cluster
 
 from .machines import git, make_origin, model_hashes
-from .workspace import ROOT, free_port, tiny_params
+from .workspace import ROOT, TIME_MACHINE, free_port, tiny_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -51,6 +54,19 @@ RESTART_BOUND_S = 420
 RUN_TIMEOUT_S = 900
 MACHINE_WORKERS = ("worker-1", "worker-1-pipelines", "worker-2", "worker-2-pipelines")
 SLOW_EPOCHS = 120  # ~30 s for torch-scratch-rnn on one thread: long enough to be killed mid-way
+
+
+# No network but the machine itself: every client that honours the proxy variables (requests,
+# httpx, botocore, git) gets a closed port for anything not on 127.0.0.1.
+OFFLINE = {
+    name: value
+    for key, value in (
+        ("http_proxy", "http://127.0.0.1:9"),
+        ("https_proxy", "http://127.0.0.1:9"),
+        ("no_proxy", "127.0.0.1,localhost"),
+    )
+    for name in (key, key.upper())
+}
 
 
 def pool_cli(*args: str, env: dict[str, str]) -> dict:
@@ -204,6 +220,28 @@ def dvc_repro_hashes(origin: Path, params: dict, stage: str, base: Path, env: di
     return {k: v for k, v in model_hashes(where).items() if k.startswith("data/models/")}
 
 
+def add_own_corpus(origin: Path, base: Path, s3_remote: dict, env: dict) -> str:
+    """`rnn corpus add` of a text of one's own in a clone whose DVC remote is the pool's (it is
+    pushed there and nowhere else), committed and pushed to origin's main."""
+    work = base / "own-corpus"
+    git("clone", "-q", str(origin), str(work), cwd=base)
+    run = {"cwd": work, "env": env, "check": True, "capture_output": True, "text": True}
+    subprocess.run(
+        ["dvc", "remote", "add", "--local", "-d", "s3", s3_remote["RNN_DVC_REMOTE"]], **run
+    )
+    endpoint = s3_remote["RNN_DVC_REMOTE_ENDPOINT"]
+    subprocess.run(["dvc", "remote", "modify", "--local", "s3", "endpointurl", endpoint], **run)
+    text = base / "own.txt"
+    text.write_text(TIME_MACHINE.read_text(encoding="utf-8")[20_000:30_000])
+    added = subprocess.run([sys.executable, "-m", "rnn.cli", "corpus", "add", str(text)], **run)
+    assert '"pushed": true' in added.stdout, added.stdout + added.stderr
+    ident = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    git("add", "-A", cwd=work)
+    git(*ident, "commit", "-qm", "own corpus", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    return "data/raw/own.txt"
+
+
 def wait_until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -248,7 +286,7 @@ def kill_machine(worker_pids: list[int]) -> list[psutil.Process]:
 def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote, tiny_repro_hashes):
     home = tmp_path / "stack"
     origin = make_origin(tmp_path, tiny_params())
-    env = clean_env({k: v for k, v in s3_remote.items() if k.startswith("AWS_")})
+    env = clean_env({**{k: v for k, v in s3_remote.items() if k.startswith("AWS_")}, **OFFLINE})
     port = free_port()
     up = [
         "up",
@@ -464,6 +502,14 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         assert not leaks, leaks
         for run_id in [survivor, *ids[:2]]:
             assert not [m for m in api.logs(run_id) if any(x in m for x in secrets_)]
+
+        # 8. One's own corpus, only in the DVC remote; the pool reaches nothing but 127.0.0.1.
+        own = add_own_corpus(origin, tmp_path, s3_remote, check_env)
+        offline = api.start("rnn-pipeline/pool", {**base, "backend": "torch"})
+        final = api.wait_final([offline])[offline]
+        assert final.state.is_completed(), api.logs(offline)[-20:]
+        assert experiment(origin, final, tmp_path)["params"]["ingest"]["source"] == own
+        print(f"{time.strftime('%X')} own corpus from the remote alone done")
     finally:
         saved = home / "state.json"
         pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None
