@@ -55,9 +55,13 @@ fi
 .venv/bin/uv pip install -q --python .venv/bin/python --no-deps --no-build-isolation -e .
 echo "$lock" >.venv/rnn-lock
 
-# Offline machines: seed the checksummed download cache from a local copy of the book's file.
+# The book's text (data/raw/timemachine.txt, tracked by DVC): from the DVC remote, else from a
+# local copy beside the checkout (offline machines), else from its URL; each checked against the
+# hash DVC recorded.
 shared=${RNN_SHARED:-../shared}
-if [ -f "$shared/corpora/timemachine.txt" ]; then
-  .venv/bin/rnn fetch --from-file "$shared/corpora/timemachine.txt" >/dev/null
+from=()
+[ -f "$shared/corpora/timemachine.txt" ] && from=(--from-file "$shared/corpora/timemachine.txt")
+if ! .venv/bin/rnn fetch "${from[@]}" >/dev/null; then
+  echo "warning: the corpus is not here yet; run \`.venv/bin/rnn fetch\` once the DVC remote or the network is reachable" >&2
 fi
 echo "ready: source .venv/bin/activate (or call .venv/bin/rnn, .venv/bin/pytest)"
