@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .workspace import ROOT, tiny_params
+from .workspace import ROOT, copy_project, tiny_params
 
 SCRIPT = str(Path(sys.executable).parent / "rnn")
 ENTRY_POINTS = {"script": [SCRIPT], "module": [sys.executable, "-m", "rnn.cli"]}
@@ -183,3 +183,14 @@ def test_generation_streams_and_stops_cleanly_on_ctrl_c(entry, tmp_path):
     out, err = proc.communicate(timeout=60)
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err.decode())
     only_line(result, 130, "interrupted")
+
+
+def test_a_remote_without_the_corpus(entry, tmp_path):
+    repo = copy_project(tmp_path / "repo")
+    text = tmp_path / "mine.txt"
+    text.write_text("a text of my own\n" * 200)
+    assert rnn(entry, repo, "corpus", "add", str(text)).returncode == 0
+    subprocess.run(
+        ["rm", "-rf", ".dvc/cache", ".dvc-remote", "data/raw/mine.txt"], cwd=repo, check=True
+    )
+    only_line(rnn(entry, repo, "fetch"), 2, "is in neither this checkout nor the DVC remote")
