@@ -33,6 +33,7 @@ from rnn.lock import workspace_lock
 from rnn.registry import RunKey, grid
 from rnn.workspace import Workspace
 from tasks.caching import with_outputs
+from tasks.checkpoints import collect_finished
 from tasks.stages import (
     evaluate_task,
     ingest_task,
@@ -316,6 +317,7 @@ def _pipeline(
         logger.info("dvc.lock updated for %d stages", len(ran))
         if shared:
             logger.info("dvc push: %s", dvc_sync.push(ws.root, done))
+            collect_finished(ws.root, params, runs)  # the models are pushed: nothing resumes
         if record and shared:
             result["experiment"] = experiment_name()
             pushed = dvc_sync.record_experiment(ws.root, result["experiment"], done)

@@ -36,6 +36,7 @@ from rnn.lock import workspace_lock
 from rnn.registry import RunKey
 from rnn.workspace import Workspace
 from tasks.caching import with_outputs
+from tasks.checkpoints import collect_finished
 from tasks.stages import evaluate_task, train_task
 
 TRAINING_LIMIT = "rnn-training"  # the global concurrency limit: training slots of the pool
@@ -133,6 +134,7 @@ def _train_variant(ws, backend, variant, model, params, params_file, code) -> di
     dvc_sync.commit(ws.root, [s for s in done if plan.needs_work(s)])
     if shared:
         logger.info("dvc push: %s", dvc_sync.push(ws.root, done))
+        collect_finished(ws.root, run_params, [run])  # the model is pushed: nothing resumes it
     return {
         "run": trained["run"],
         "training": trained,

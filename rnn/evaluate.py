@@ -13,7 +13,14 @@ from rnn.engine import make_engine
 from rnn.errors import PipelineError
 from rnn.memory import check_fits, estimate
 from rnn.partition import SPLITS, evaluation_minibatches, load_split
-from rnn.record import WEIGHTS_FILE, file_sha256, read_record
+from rnn.record import (
+    RECORD_FILE,
+    WEIGHTS_FILE,
+    file_sha256,
+    read_record,
+    read_verified,
+    weights_from_bytes,
+)
 from rnn.registry import RunKey
 from rnn.train import perplexity
 from rnn.vocab import VOCAB_FILE, Vocab
@@ -38,7 +45,7 @@ def load_trained(
     record = read_record(model_dir)
     vocab = Vocab.load(vocab_dir)
     _check_vocabulary(record, Path(model_dir), Path(vocab_dir))
-    _check_weights(record, Path(model_dir) / WEIGHTS_FILE)
+    weights = _verified_weights(record, Path(model_dir) / WEIGHTS_FILE)
     args = record["model_args"]
     if (record.get("backend"), record.get("variant")) != (backend, variant):
         raise PipelineError(
@@ -71,7 +78,7 @@ def load_trained(
         seed=params.train.seed,
         threads=params.train.threads,
     )
-    engine.load(Path(model_dir) / WEIGHTS_FILE)
+    engine.load_canonical_weights(weights_from_bytes(weights))
     return engine, vocab
 
 
@@ -85,15 +92,27 @@ def _check_vocabulary(record: dict, model_dir: Path, vocab_dir: Path) -> None:
         )
 
 
-def _check_weights(record: dict, weights: Path) -> None:
+def _verified_weights(record: dict, weights: Path) -> bytes:
+    """The weights file's bytes, once they matched run.json's checksum (never unchecked ones)."""
+    restore = (
+        "restore them (`dvc checkout`, or `dvc pull` from the remote) or retrain (`dvc repro`)"
+    )
     expected = record.get("weights_sha256")
     if not weights.is_file():
         raise PipelineError(f"weights {weights} not found", "run `rnn train` for this variant")
-    if expected and file_sha256(weights) != expected:
+    if not expected:
+        raise PipelineError(
+            f"{weights.parent / RECORD_FILE} records no checksum for {weights.name}, so the "
+            "weights cannot be verified",
+            "retrain (`rnn train`, or `dvc repro`) to write a complete record",
+        )
+    data = read_verified(weights, expected)
+    if data is None:
         raise PipelineError(
             f"weights {weights} do not match the checksum in run.json (truncated or damaged)",
-            "restore them (`dvc checkout`, or `dvc pull` from the remote) or retrain (`dvc repro`)",
+            restore,
         )
+    return data
 
 
 def generate_text(

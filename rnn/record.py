@@ -61,9 +61,24 @@ def read_weights_metadata(path: str | Path) -> dict[str, str]:
 
 
 def read_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """A weights file's arrays, unverified: for inspection and tests. The pipeline loads only
+    bytes whose checksum matched (``read_verified`` and ``weights_from_bytes``)."""
     from safetensors.numpy import load_file
 
     return load_file(str(path))
+
+
+def weights_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    return load(data)
+
+
+def read_verified(path: str | Path, sha256: str) -> bytes | None:
+    """The file's bytes if their sha256 is ``sha256``, else None: read once, so the bytes used
+    are the bytes checked (a file replaced between a check and a second read cannot slip in)."""
+    data = Path(path).read_bytes()
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
 
 def read_record(model_dir: str | Path) -> dict:

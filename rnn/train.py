@@ -8,15 +8,18 @@ Outputs (model directory: deterministic, so a repeated CPU run hashes the same):
                       final perplexities, best epoch
 Metrics directory (timings, so not deterministic): dvclive's metrics.json and plots/metrics/*.tsv.
 Checkpoints go to a separate directory every ``train.checkpoint_every`` epochs (weights,
-optimiser state and the best weights so far); a rerun with the same fingerprint (parameters,
-data, code version) resumes from the latest one. Learning rates, plateaus and early stopping
+optimiser state and the best weights so far; rnn/checkpoints.py keeps two generations, each with
+its checksum); a rerun with the same fingerprint (parameters, data, code version) resumes from
+the newest one whose bytes verify. Learning rates, plateaus and early stopping
 are functions of the epoch history the checkpoint holds (rnn/schedule.py), so a resumed run
 decides as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -25,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from rnn.atomic import atomic_dir, atomic_path
+from rnn.atomic import atomic_dir
+from rnn.checkpoints import (
+    Generation,
+    newest_good,
+    save_generation,
+    sidecar,
+    sidecar_name,
+    weights_name,
+)
 from rnn.config import Params
 from rnn.distributed import SINGLE, World
 from rnn.engine import engine_for
@@ -39,7 +50,6 @@ from rnn.record import (
     file_sha256,
     fingerprint,
     library_versions,
-    read_weights_metadata,
     write_weights,
 )
 from rnn.registry import RunKey
@@ -49,8 +59,7 @@ from rnn.vocab import VOCAB_FILE, Vocab
 # The ingest keys that decide the corpus's content (the rest: download and checksum settings).
 DATA_INGEST_KEYS = ("source", "normalization", "strip_gutenberg", "encoding")
 
-CHECKPOINT = "checkpoint.safetensors"
-HISTORY = "checkpoint.json"
+logger = logging.getLogger(__name__)
 
 
 class CheckpointSync(Protocol):
@@ -58,10 +67,12 @@ class CheckpointSync(Protocol):
     training interrupted in one workspace resumes in another (the flows' DVC-remote store)."""
 
     def fetch(self, key: str, ckpt_dir: Path) -> None:
-        """Bring the store's checkpoint for ``key`` into ``ckpt_dir`` if it is further along."""
+        """Bring the store's newest good generation for ``key`` into ``ckpt_dir`` if it is
+        further along than the newest good one there (verified before it is installed)."""
 
     def push(self, key: str, ckpt_dir: Path) -> None:
-        """Publish ``ckpt_dir``'s checkpoint under ``key``."""
+        """Publish ``ckpt_dir``'s newest generation under ``key``, keeping the store to the
+        generations resuming needs."""
 
 
 EpochCallback = Callable[[str, dict, int], None]  # (run, the epoch's row, epochs in all)
@@ -114,49 +125,38 @@ def check_converging(
 
 
 def _load_checkpoint(engine, ckpt_dir: Path, run_fp: str) -> tuple[list[dict], dict]:
-    """History of the epochs already done and the best weights so far, or ([], {}) if there is
-    no usable checkpoint. The weights file carries its own history, so a crash between writing
-    it and its index (checkpoint.json) still resumes from it."""
-    weights = ckpt_dir / CHECKPOINT
-    if not weights.is_file():
+    """History of the epochs already done and the best weights so far, from the newest
+    generation whose bytes match their checksum, or ([], {}) if there is none. Each damaged
+    generation passed over is one warning line naming its file and where training goes on."""
+    found = _newest_good(ckpt_dir, run_fp)
+    if found is None:
         return [], {}
-    history = _indexed_history(ckpt_dir, run_fp)
-    if history is None:
-        try:
-            meta = read_weights_metadata(weights)
-        except Exception:
-            return [], {}
-        if meta.get("fingerprint") != run_fp or "history" not in meta:
-            return [], {}  # another configuration's checkpoint
-        history = json.loads(meta["history"])
-    best = engine.load_checkpoint(weights)
-    return history, best
+    return found.history, engine.load_checkpoint(found.data)
 
 
-def _indexed_history(ckpt_dir: Path, run_fp: str) -> list[dict] | None:
-    try:
-        saved = json.loads((ckpt_dir / HISTORY).read_text())
-    except (OSError, ValueError):
-        return None
-    if saved.get("fingerprint") != run_fp:
-        return None
-    if saved.get("weights_sha256") != file_sha256(ckpt_dir / CHECKPOINT):
-        return None
-    return saved["history"]
+def _newest_good(ckpt_dir: Path, run_fp: str) -> Generation | None:
+    found, problems = newest_good(ckpt_dir, run_fp)
+    outcome = f"resuming from epoch {found.epoch}" if found else "training from the start"
+    for problem in problems.values():
+        logger.warning("%s; %s", problem, outcome)
+    return found
 
 
 def _resume(engine, ckpt_dir: Path, run_fp: str, world: World) -> tuple[list[dict], dict]:
     """``_load_checkpoint`` on rank 0's files, on every rank: ranks on other machines have no
-    checkpoint of their own, and all must resume from the same epoch."""
+    checkpoint of their own, and all must resume from the same epoch. Rank 0 chooses the
+    generation and sends its bytes and checksum; every rank verifies them before loading."""
     if world.size == 1:
         return _load_checkpoint(engine, ckpt_dir, run_fp)
+    found = _newest_good(ckpt_dir, run_fp) if world.is_root else None
+    record = sidecar(run_fp, found.epoch, hashlib.sha256(found.data).hexdigest()) if found else {}
+    sent = json.dumps(record).encode() if world.is_root else None
+    record = json.loads(world.broadcast_bytes(sent))
+    data = world.broadcast_bytes((found.data if found else b"") if world.is_root else None)
     with tempfile.TemporaryDirectory(prefix="rnn-resume-") as tmp:
-        for name in (HISTORY, CHECKPOINT):
-            path = ckpt_dir / name
-            mine = path.read_bytes() if world.is_root and path.is_file() else b""
-            data = world.broadcast_bytes(mine if world.is_root else None)
-            if data:
-                (Path(tmp) / name).write_bytes(data)
+        if record:
+            (Path(tmp) / sidecar_name(record["epoch"])).write_text(json.dumps(record))
+            (Path(tmp) / weights_name(record["epoch"])).write_bytes(data)
         return _load_checkpoint(engine, Path(tmp), run_fp)
 
 
@@ -168,23 +168,15 @@ def _save_checkpoint(
     best: dict,
     sync: CheckpointSync | None,
 ) -> None:
-    with atomic_path(ckpt_dir / CHECKPOINT) as tmp:
-        meta = {"epoch": str(len(history)), "fingerprint": run_fp, "history": json.dumps(history)}
-        engine.save_checkpoint(tmp, metadata=meta, extra=best)
-        digest = file_sha256(tmp)
-    payload = {"fingerprint": run_fp, "weights_sha256": digest, "history": history}
-    with atomic_path(ckpt_dir / HISTORY) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1))
+    meta = {"epoch": str(len(history)), "fingerprint": run_fp, "history": json.dumps(history)}
+    save_generation(
+        ckpt_dir,
+        run_fp,
+        len(history),
+        lambda tmp: engine.save_checkpoint(tmp, metadata=meta, extra=best),
+    )
     if sync is not None:
         sync.push(run_fp, ckpt_dir)
-
-
-def checkpoint_epochs(ckpt_dir: Path) -> int:
-    """How many epochs the checkpoint in ``ckpt_dir`` holds (0: none, or unreadable)."""
-    try:
-        return len(json.loads((Path(ckpt_dir) / HISTORY).read_text())["history"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
 
 
 def _log_metrics(metrics_dir: Path, history: list[dict]) -> None:
@@ -283,7 +275,8 @@ def train_model(
     if not writes:
         return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
     if len(history) < tcfg.epochs and not stopped:  # budget spent: keep the checkpoint
-        _save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
+        if checkpointed < len(history):  # not already written at this epoch
+            _save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
         return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
     chosen = best_epoch(history) if tcfg.keep_best else None
     final = history[chosen - 1] if chosen else history[-1]

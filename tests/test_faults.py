@@ -92,8 +92,9 @@ def no_temporaries(ws: Path) -> None:
 
 
 def checkpoint_epochs(ws: Path, run: str) -> int:
-    index = ws / "data" / "checkpoints" / run / "checkpoint.json"
-    return len(json.loads(index.read_text())["history"]) if index.is_file() else 0
+    """The newest generation whose checksum file was written (its weights are complete)."""
+    ckpt = ws / "data" / "checkpoints" / run
+    return max((json.loads(p.read_text())["epoch"] for p in ckpt.glob("*.json")), default=0)
 
 
 @pytest.fixture(scope="module")
@@ -141,17 +142,18 @@ def test_killed_at_every_point_of_every_stage_resumes_byte_identical(tmp_path, u
         killed(rnn(ws, *train_args(backend), kill_at="train:epoch@3"))
         assert not model.exists() and checkpoint_epochs(ws, run) == 2
         # while writing the checkpoint of epoch 3 (before its rename): epoch 2's stays
-        killed(rnn(ws, *train_args(backend), kill_at="write:checkpoint.safetensors"))
+        killed(rnn(ws, *train_args(backend), kill_at="write:checkpoint-000003.safetensors"))
         assert checkpoint_epochs(ws, run) == 2
-        # between the checkpoint's weights and its index: the weights carry their own history
-        killed(rnn(ws, *train_args(backend), kill_at="write:checkpoint.json"))
-        assert checkpoint_epochs(ws, run) == 2  # the index is behind; the weights are at 3
+        # between the checkpoint's weights and its checksum: weights that cannot be verified
+        # are never loaded, so the next run resumes from epoch 2 and says so
+        killed(rnn(ws, *train_args(backend), kill_at="write:checkpoint-000003.json"))
+        assert checkpoint_epochs(ws, run) == 2  # the checksum is missing; the weights are at 3
         # writing the final weights and record
         killed(rnn(ws, *train_args(backend), kill_at=f"write:{run}"))
         assert not model.exists()
         resumed = summary(rnn(ws, *train_args(backend)))
         assert resumed["resumed_from_epoch"] == 3 and resumed["epochs"] == EPOCHS
-        ckpt = data / "checkpoints" / run / "checkpoint.safetensors"
+        ckpt = data / "checkpoints" / run / "checkpoint-000003.safetensors"
         assert stat.S_IMODE(ckpt.stat().st_mode) == stat.S_IMODE(
             (model / "model.safetensors").stat().st_mode
         )

@@ -162,12 +162,10 @@ def test_training_killed_in_one_workspace_resumes_in_another(machines, s3_remote
 
 
 def _pushed_epochs(s3) -> int:
+    """The newest generation pushed (checkpoints/<fingerprint>/checkpoint-<epoch>.json)."""
     listing = s3.list_objects_v2(Bucket=BUCKET, Prefix="store/checkpoints/")
-    for obj in listing.get("Contents", []):
-        if obj["Key"].endswith("/checkpoint.json"):
-            body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-            return len(json.loads(body)["history"])
-    return 0
+    names = (obj["Key"].rsplit("/", 1)[-1] for obj in listing.get("Contents", []))
+    return max((int(n[11:-5]) for n in names if n.endswith(".json")), default=0)
 
 
 def test_recorded_runs_are_listed_compared_and_restored_elsewhere(machines, local_remote):

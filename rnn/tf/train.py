@@ -23,7 +23,7 @@ from rnn.distributed import SINGLE, World, shard_rows
 from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
-from rnn.record import read_weights, write_weights
+from rnn.record import weights_from_bytes, write_weights
 from rnn.sampling import stream
 from rnn.tf.concise import RNNModel
 from rnn.tf.scratch import RNNModelScratch, uniform_init
@@ -374,9 +374,6 @@ class Engine:
         """The model file: canonical weights only (rnn/canonical.py)."""
         write_weights(path, self.canonical_weights(), metadata)
 
-    def load(self, path) -> None:
-        self.load_canonical_weights(read_weights(path))
-
     def save_checkpoint(self, path, metadata: dict[str, str], extra: dict[str, np.ndarray]) -> None:
         """Everything a bit-identical resume needs: the model's own variables (the canonical
         names sum the concise GRU's biases), the optimiser's slots and ``extra`` arrays (the
@@ -386,9 +383,10 @@ class Engine:
         arrays.update({f"extra.{k}": v for k, v in extra.items()})
         write_weights(path, arrays, metadata)
 
-    def load_checkpoint(self, path) -> dict[str, np.ndarray]:
-        """Restore what ``save_checkpoint`` wrote; returns its ``extra`` arrays."""
-        arrays = read_weights(path)
+    def load_checkpoint(self, data: bytes) -> dict[str, np.ndarray]:
+        """Restore what ``save_checkpoint`` wrote, from the file's bytes (verified by the
+        caller: rnn/checkpoints.py); returns its ``extra`` arrays."""
+        arrays = weights_from_bytes(data)
         for i, v in enumerate(self.variables):
             v.assign(arrays[f"model.{i}"])
         for i, v in enumerate(self.optimizer.slots):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch.nn import functional as F
 
 from rnn.config import OptimizerConfig
@@ -21,7 +21,7 @@ from rnn.distributed import SINGLE, World, shard_rows
 from rnn.engine import dropout_seed
 from rnn.errors import PipelineError
 from rnn.malloc import keep_freed_memory
-from rnn.record import read_weights, weights_metadata, write_weights
+from rnn.record import weights_metadata, write_weights
 from rnn.sampling import stream
 from rnn.torch.concise import RNNModel
 from rnn.torch.scratch import DropoutMasks, RNNModelScratch, uniform_init
@@ -246,9 +246,6 @@ class Engine:
         """The model file: canonical weights only (rnn/canonical.py)."""
         write_weights(path, self.canonical_weights(), metadata)
 
-    def load(self, path) -> None:
-        self.load_canonical_weights(read_weights(path))
-
     def save_checkpoint(self, path, metadata: dict[str, str], extra: dict[str, np.ndarray]) -> None:
         """Everything a bit-identical resume needs: the model's own parameters (PyTorch's
         names: the canonical ones sum the concise biases), the optimiser's state, and ``extra``
@@ -262,9 +259,10 @@ class Engine:
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(tensors, str(path), metadata=weights_metadata(metadata))
 
-    def load_checkpoint(self, path) -> dict[str, np.ndarray]:
-        """Restore what ``save_checkpoint`` wrote; returns its ``extra`` arrays."""
-        tensors = load_file(str(path), device=str(self.device))
+    def load_checkpoint(self, data: bytes) -> dict[str, np.ndarray]:
+        """Restore what ``save_checkpoint`` wrote, from the file's bytes (verified by the
+        caller: rnn/checkpoints.py); returns its ``extra`` arrays."""
+        tensors = {k: v.to(self.device) for k, v in load(data).items()}
         part = _prefixed(tensors, "model.")
         self.model.load_state_dict(part)
         optimizer_state = self.optimizer.state_dict()
