@@ -7,8 +7,8 @@ For each corpus size (default ~10, ~30 and ~100 MB, made by repeating
 token type (``char``, ``word``), two pipelines run from the same text file to train/valid/test
 ``.npy`` files (contiguous 90/5/5 split):
 
-* **ours**: ``rnn.corpus.ingest`` (d2l normalisation, Parquet) + ``rnn.vocab.build_vocab``
-  (vocab.json + ids.npy) + ``rnn.partition.partition``;
+* **ours**: ``rnn.data.corpus.ingest`` (d2l normalisation, Parquet) + ``rnn.data.vocab.build_vocab``
+  (vocab.json + ids.npy) + ``rnn.data.partition.partition``;
 * **book**: the chapter's code as written: ``f.readlines()``, ``re.sub('[^A-Za-z]+', ' ', line)
   .strip().lower()`` per line, tokens by list comprehension (chars: ``[ch for line in lines for ch
   in line]``; words: ``''.join(lines).split()``, the same text the char tokens come from),
@@ -77,9 +77,9 @@ def _rss_bytes(field: str = "VmRSS") -> int:
 
 def run_ours(corpus: Path, token: str, out: Path) -> tuple[dict, dict]:
     from rnn.config import IngestConfig, PartitionConfig, VocabConfig
-    from rnn.corpus import ingest
-    from rnn.partition import partition
-    from rnn.vocab import build_vocab
+    from rnn.data.corpus import ingest
+    from rnn.data.partition import partition
+    from rnn.data.vocab import build_vocab
 
     t0 = time.perf_counter()
     ingest(IngestConfig(source=str(corpus), sha1=None, normalization="d2l"), out / "corpus.parquet")
@@ -151,9 +151,9 @@ def run_book(corpus: Path, token: str, out: Path) -> tuple[dict, dict]:
 def child_main(spec: dict) -> None:
     sys.path.insert(0, str(REPO))
     # Both pipelines import the same modules first, so their baselines are comparable.
-    for module in ("numpy", "pyarrow.parquet", "rnn.config", "rnn.corpus", "rnn.vocab"):
+    for module in ("numpy", "pyarrow.parquet", "rnn.config", "rnn.data.corpus", "rnn.data.vocab"):
         importlib.import_module(module)
-    importlib.import_module("rnn.partition")
+    importlib.import_module("rnn.data.partition")
 
     baseline = _rss_bytes("VmRSS")
     run = run_ours if spec["pipeline"] == "ours" else run_book

@@ -10,7 +10,7 @@ the same as ``tests/test_flows.py::tiny_params``). The copy is **not** a DVC rep
 fresh subprocess with the copy as working directory and first on ``PYTHONPATH``, and starts from
 no outputs (``data/`` and ``reports/`` deleted):
 
-* ``direct``: ``rnn.corpus.ingest``, ``rnn.vocab.build_vocab``, ``rnn.partition.partition``,
+* ``direct``: ``rnn.data.corpus.ingest``, ``rnn.data.vocab.build_vocab``, ``rnn.data.partition.partition``,
   ``rnn.stages``' train for each backend x variant x model, evaluate for each, report, in that order,
   in one thread;
 * ``flow``: ``flows.pipeline.pipeline()`` against a Prefect server started once for the
@@ -59,7 +59,9 @@ SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
 TIME_MACHINE = SHARED / "corpora" / "timemachine.txt"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
-from tests.workspace import copy_project, free_port, spawn_logged, stop, wait_healthy  # noqa: E402
+from pool.checkout import copy_project, tiny_params  # noqa: E402
+from pool.processes import spawn_logged, stop, wait_healthy  # noqa: E402
+from rnn.ports import free_port  # noqa: E402
 
 TARGET_FLOW_EXTRA_S, TARGET_DVC_NOOP_S = 5.0, 3.0
 
@@ -169,7 +171,7 @@ def run_child(mode: str, repo: Path, tmp: Path, env: dict[str, str], i: int) -> 
 
 
 def bench_flow(tmp: Path, repeats: int, concurrent: bool) -> dict:
-    repo = copy_project(tmp / "repo-flow", git=False)
+    repo = copy_project(tmp / "repo-flow", tiny_params(TIME_MACHINE), git=False)
     shutil.rmtree(repo / ".dvc", ignore_errors=True)  # not a DVC repository: the flow runs all
     env = base_env(tmp)
     server, url, startup = start_server(tmp, env)
@@ -222,7 +224,7 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 
 
 def bench_dvc(tmp: Path, repeats: int) -> dict:
-    repo = copy_project(tmp / "repo-dvc")
+    repo = copy_project(tmp / "repo-dvc", tiny_params(TIME_MACHINE))
     env = base_env(tmp)
     first, out = timed(["dvc", "repro"], repo, env)
     if "Running stage 'report'" not in out:

@@ -19,7 +19,7 @@ from common import prepare_data
 
 from rnn.config import Params, PartitionConfig, TrainConfig
 from rnn.registry import RunKey
-from rnn.train import train_model
+from rnn.training.loop import train_model
 
 # (backend, variant, sampling) -> the book's printed training perplexity (upper end of its range).
 BOOK = {

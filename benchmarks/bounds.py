@@ -8,7 +8,7 @@ chapter's whole training loop, tokens/s over one epoch, as ``throughput.py`` mea
 another fresh process, only ``nn.RNN``'s forward and backward over the same epoch's minibatches:
 same shapes and default threads, one-hot input prepared in advance, the gradient of a sum fed in,
 a warm-up epoch first, and glibc told to keep freed memory as our engine does
-(``rnn.malloc``). Nothing else of a training step is done, so their ratio is the most any training
+(``rnn.backends.malloc``). Nothing else of a training step is done, so their ratio is the most any training
 loop around PyTorch's ``nn.RNN`` could gain on this machine.
 
 ``data`` (target: ingest + vocabulary + partition >= 50x the book's pure Python). Each pair runs
@@ -40,7 +40,7 @@ HIDDENS, BATCH, STEPS = 256, 32, 35
 RNN_ONLY = r"""
 import importlib.util, json, time, random, sys, torch
 sys.path.insert(0, {root!r})
-from rnn.malloc import keep_freed_memory
+from rnn.backends.malloc import keep_freed_memory
 keep_freed_memory()
 from torch import nn
 from torch.nn import functional as F
@@ -112,9 +112,9 @@ with tempfile.TemporaryDirectory() as tmp:
     timed("write corpus", lambda: write(os.path.join(tmp, "corpus"), clean))
     if token == "word":
         def words():
-            row, ids = 1 << 21, []  # rnn.corpus.ROW_BYTES
+            row, ids = 1 << 21, []  # rnn.data.corpus.ROW_BYTES
             for i in range(0, len(clean), row):
-                chunk = memoryview(clean)[i : i + row]  # no copy, as in rnn.vocab
+                chunk = memoryview(clean)[i : i + row]  # no copy, as in rnn.data.vocab
                 offsets = pa.py_buffer(np.array([0, len(chunk)], np.int32))
                 piece = pa.StringArray.from_buffers(1, offsets, pa.py_buffer(chunk))
                 flat = pc.list_flatten(pc.split_pattern(piece, " "))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn.backends.engine import make_engine
 from rnn.config import IngestConfig, PartitionConfig, VocabConfig
-from rnn.corpus import ingest
-from rnn.engine import make_engine
-from rnn.partition import epoch_minibatches, load_split, partition
-from rnn.vocab import Vocab, build_vocab
+from rnn.data.corpus import ingest
+from rnn.data.partition import epoch_minibatches, load_split, partition
+from rnn.data.vocab import Vocab, build_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))

@@ -41,9 +41,9 @@ MODELS = {
 
 def build_data(model: str, workdir: Path) -> tuple[Path, int]:
     from rnn.config import IngestConfig, PartitionConfig, VocabConfig
-    from rnn.corpus import ingest
-    from rnn.partition import load_split, partition
-    from rnn.vocab import Vocab, build_vocab
+    from rnn.data.corpus import ingest
+    from rnn.data.partition import load_split, partition
+    from rnn.data.vocab import Vocab, build_vocab
 
     spec = MODELS[model]
     ingest(IngestConfig(source=str(TIME_MACHINE)), workdir / "corpus.parquet")
@@ -61,14 +61,14 @@ def worker(args: argparse.Namespace) -> None:
     """One rank (or the single process): train and report on rank 0."""
     import numpy as np
 
-    from rnn.distributed import SINGLE, inside_launch
-    from rnn.engine import make_engine
-    from rnn.partition import epoch_minibatches
+    from rnn.backends.engine import make_engine
+    from rnn.backends.world import SINGLE, inside_launch
+    from rnn.data.partition import epoch_minibatches
 
     world = SINGLE
     if inside_launch():
-        import rnn.torch.distributed as tdist
-        import rnn.torch.train as ttrain
+        import rnn.backends.torch.distributed as tdist
+        import rnn.backends.torch.engine as ttrain
 
         world = ttrain.join_world(args.device)  # gloo on CPU, NCCL on CUDA
         reduce = tdist.all_reduce_gradients

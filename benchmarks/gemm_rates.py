@@ -40,7 +40,7 @@ def _time(product: Callable[[], object], calls: int, per_call: int = 1) -> float
 def torch_products(m: int, k: int, n: int, per_step: bool) -> dict[str, Callable[[], object]]:
     import torch
 
-    from rnn.torch.kernels import _ONEDNN
+    from rnn.backends.torch.kernels import _ONEDNN
 
     a, w = torch.randn(m, k), torch.randn(k, n)
     products: dict[str, Callable[[], object]] = {"mkl": lambda: torch.mm(a, w)}

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from rnn.names import THREADS_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))
 BIN = Path(sys.executable).parent
@@ -53,7 +55,7 @@ def clone_with_threads(dest: Path, threads: int | None) -> Path:
 
 
 def repro(workdir: Path) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "RNN_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k != THREADS_ENV}
     env["PATH"] = f"{BIN}:{env['PATH']}"
     started = time.perf_counter()
     subprocess.run(["dvc", "repro", "-q"], cwd=workdir, env=env, check=True)

@@ -20,11 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnn.errors import PipelineError
-from rnn.repro import dvc_command
+from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV
+from rnn.store.dvc_cli import dvc_command
 
 logger = logging.getLogger(__name__)
 SHARED_REMOTE = "shared"
-REMOTE_ENV, ENDPOINT_ENV = "RNN_DVC_REMOTE", "RNN_DVC_REMOTE_ENDPOINT"
+REMOTE_ENV, ENDPOINT_ENV = DVC_REMOTE_ENV, DVC_REMOTE_ENDPOINT_ENV
 # What `dvc exp save` must carry beyond dvc.lock: the outputs DVC leaves to git (cache: false).
 EXPERIMENT_FILES = (
     "dvc.lock",

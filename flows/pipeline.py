@@ -25,12 +25,13 @@ from prefect.runtime import flow_run
 
 import rnn
 from flows import dvc_sync
-from rnn.atomic import atomic_path
 from rnn.config import Params, load_params, validate_params
-from rnn.engine import THREADS_ENV as ENGINE_THREADS_ENV
 from rnn.errors import PipelineError
-from rnn.lock import workspace_lock
+from rnn.names import MACHINE_ENV
+from rnn.names import THREADS_ENV as ENGINE_THREADS_ENV
 from rnn.registry import RunKey, grid
+from rnn.store.atomic import atomic_path
+from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 from tasks.caching import with_outputs
 from tasks.checkpoints import collect_finished
@@ -46,7 +47,7 @@ from tasks.stages import (
 
 def machine_name() -> str:
     """The machine a run is on, for logs and results: the pool's name for it, or the host's."""
-    return os.environ.get("RNN_MACHINE") or socket.gethostname()
+    return os.environ.get(MACHINE_ENV) or socket.gethostname()
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -189,8 +190,8 @@ def train_here(ws, plan, pdict, runs, names, shared) -> tuple[list[dict], list[d
 def train_on_pool(ws, plan, params: Params, runs, names) -> tuple[list[dict], list[dict]]:
     """Each stale run as an `rnn-train` flow run on the pool, all at once; the data stages are
     pushed first, so they restore there, and the results are restored here from the run-cache."""
-    from rnn.evaluate import read_eval
-    from rnn.record import read_record
+    from rnn.evaluation.evaluate import read_eval
+    from rnn.store.record import read_record
     from tasks.pool import train_on_worker
 
     dvc_sync.commit(ws.root, [s for s in DATA_STAGES if plan.needs_work(s)])
@@ -285,7 +286,7 @@ def _pipeline(
     plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), names) if tracked else None)
     logger.info(
         "pipeline on machine %s in %s; code %s",
-        os.environ.get("RNN_MACHINE", socket.gethostname()),
+        os.environ.get(MACHINE_ENV, socket.gethostname()),
         ws.root,
         Path(rnn.__file__).parent,
     )

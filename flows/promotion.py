@@ -69,14 +69,3 @@ def promote(root: Path, run: str, commit: str, expected: str | None) -> bool:
         fetch_promotions(root)
         return False
     return True
-
-
-def list_promotions(root: Path) -> dict[str, dict]:
-    fetch_promotions(root)
-    refs = dvc_sync.git(root, "for-each-ref", TAGS.rstrip("/"), "--format=%(refname)").stdout
-    out = {}
-    for ref in refs.split():
-        run = ref.removeprefix(TAGS)
-        record = promoted_eval(root, run) or {}
-        out[run] = {"commit": promoted_commit(root, run), "perplexity": record.get("perplexity")}
-    return out

@@ -18,7 +18,7 @@ import typer
 
 from flows.dvc_sync import connect_remote, git_origin, run_dvc
 from rnn.errors import PipelineError
-from rnn.report import RunFiles, build_report
+from rnn.evaluation.report import RunFiles, build_report
 from rnn.workspace import Workspace
 
 app = typer.Typer(

@@ -15,7 +15,7 @@ from prefect.artifacts import create_table_artifact
 from flows import dvc_sync, promotion
 from flows.pipeline import machine_name, pipeline
 from rnn.errors import PipelineError
-from rnn.evaluate import read_eval
+from rnn.evaluation.evaluate import read_eval
 from rnn.workspace import Workspace
 
 

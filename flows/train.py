@@ -32,14 +32,14 @@ from flows.pipeline import (
 )
 from rnn.config import load_params
 from rnn.errors import PipelineError
-from rnn.lock import workspace_lock
+from rnn.names import TRAINING_LIMIT
 from rnn.registry import RunKey
+from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 from tasks.caching import with_outputs
 from tasks.checkpoints import collect_finished
 from tasks.stages import evaluate_task, train_task
 
-TRAINING_LIMIT = "rnn-training"  # the global concurrency limit: training slots of the pool
 SLOT_LEASE_S = 60  # a dead holder's slot frees itself after this long
 
 

@@ -11,12 +11,13 @@ import typer
 
 from pool import stack
 from pool.postgres import StackError
+from rnn.names import MACHINE_ENV, STACK_HOME_ENV, THREADS_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 HomeOpt = Annotated[
     Path, typer.Option("--home", help="the stack's state, logs and worker machines")
 ]
-DEFAULT_HOME = Path(os.environ.get("RNN_STACK_HOME", ".stack"))
+DEFAULT_HOME = Path(os.environ.get(STACK_HOME_ENV, ".stack"))
 
 
 def fail(err: Exception) -> None:
@@ -134,8 +135,8 @@ def worker(
         **os.environ,
         "PREFECT_API_URL": api,
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat),
-        "RNN_MACHINE": machine,
-        "RNN_THREADS": str(max(1, cores // slots)),
+        MACHINE_ENV: machine,
+        THREADS_ENV: str(max(1, cores // slots)),
     }
     settings = stack.Settings(workers=1, slots=slots)
     procs = [

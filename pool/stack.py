@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +24,10 @@ from pathlib import Path
 
 from pool import postgres
 from pool.postgres import StackError
+from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV, TRAINING_LIMIT, WORK_POOL
+from rnn.ports import free_port
 
-POOL, TRAINING_LIMIT = "rnn-pool", "rnn-training"
+POOL = WORK_POOL
 PIPELINE_QUEUE, TRAINING_QUEUE = "pipelines", "training"
 ZOMBIE_AUTOMATION = "rnn-crash-zombie-flow-runs"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -119,12 +120,6 @@ def alive(pid: int | None) -> bool:
         if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
             return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def base_env(state: State) -> dict[str, str]:
@@ -368,9 +363,9 @@ def worker_env(state: State, machine: Path) -> dict[str, str]:
         DVC_GLOBAL_CONFIG_DIR=str(machine / "home" / "dvc-config"),
     )
     if s.remote:
-        env["RNN_DVC_REMOTE"] = s.remote
+        env[DVC_REMOTE_ENV] = s.remote
     if s.remote_endpoint:
-        env["RNN_DVC_REMOTE_ENDPOINT"] = s.remote_endpoint
+        env[DVC_REMOTE_ENDPOINT_ENV] = s.remote_endpoint
     return env
 
 

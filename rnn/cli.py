@@ -17,8 +17,8 @@ from rnn import exits, stages
 from rnn.config import Params, load_params
 from rnn.errors import PipelineError
 from rnn.exits import click_exceptions
-from rnn.lock import workspace_lock
 from rnn.registry import RunKey, grid
+from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 
 app = typer.Typer(
@@ -93,8 +93,8 @@ def fetch(
 ) -> None:
     """Bring the corpus here: download a URL source into the cache, or restore a DVC-tracked
     one (data/raw/) from the remote, the URL it came from or a verified local copy."""
-    from rnn.fetch import download, seed_cache
-    from rnn.sources import restore_tracked
+    from rnn.data.fetch import download, seed_cache
+    from rnn.data.sources import restore_tracked
 
     ws, loaded = open_workspace(workdir, params)
     cfg = stages.rooted_ingest(loaded.ingest, ws)
@@ -124,7 +124,7 @@ def corpus_add(
 ) -> None:
     """Copy SOURCE to data/raw/NAME, track it with DVC (`dvc add`), set ingest.source to it and
     push it to the DVC remote: `dvc repro` and the flows then rerun ingest whenever it changes."""
-    from rnn.sources import add_corpus
+    from rnn.data.sources import add_corpus
 
     ws, _ = open_workspace(workdir, params)
     params_file = params if params is not None else ws.params_file
@@ -160,7 +160,7 @@ ModelOpt = Annotated[
 
 def run_key(params: Params, backend: str, variant: str, model: str | None) -> RunKey:
     """The run these options name; unknown names fail with the valid choices."""
-    from rnn.engine import backend_module
+    from rnn.backends.engine import backend_module
     from rnn.registry import IMPLEMENTATIONS
 
     backend_module(backend)  # an unknown or missing backend fails here, in one line
@@ -188,12 +188,12 @@ def train(
     """Train one backend x variant x model (resuming from its latest checkpoint if there is one).
     With train.data_parallel N it starts N processes; started by torchrun (or with TF_CONFIG)
     it trains as one rank of that world."""
-    from rnn.distributed import inside_launch
+    from rnn.backends.world import inside_launch
 
     ws, cfg = open_workspace(workdir, params)
     run = run_key(cfg, backend, variant, model)
     if inside_launch():
-        from rnn.launch import train_as_rank
+        from rnn.dataparallel.rank import train_as_rank
 
         summary = train_as_rank(ws, cfg, run, epoch_budget, events)
         if summary is not None:
@@ -249,7 +249,7 @@ def generate(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Generate text from a trained model, greedy or sampled, written as it is produced."""
-    from rnn.evaluate import load_trained, stream_text
+    from rnn.evaluation.evaluate import load_trained, stream_text
 
     ws, loaded = open_workspace(workdir, params)
     run = run_key(loaded, backend, variant, model)

@@ -174,11 +174,11 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda", "mps", "gpu"] = "cpu"
     checkpoint_every: Annotated[int, Field(ge=0)] = 50
     # Cores per training run; a pure speed setting (the weights do not depend on it, see
-    # rnn/engine.py resolve_threads), so it is in neither the run's fingerprint nor dvc.yaml.
+    # rnn/backends/engine.py resolve_threads), so it is in neither the run's fingerprint nor dvc.yaml.
     # null: every core this process may use, or RNN_THREADS where the pool sets a slot's share.
     threads: Annotated[int, Field(ge=1)] | None = None
     # Processes that train one model data-parallel, each on its block of every minibatch's rows
-    # (rnn/distributed.py): torchrun for PyTorch, tf.distribute for TensorFlow; 1 = one process.
+    # (rnn/backends/world.py): torchrun for PyTorch, tf.distribute for TensorFlow; 1 = one process.
     # The maths is the global batch's, but sums round in another order, so dvc.yaml lists it.
     data_parallel: PositiveInt = 1
     # TensorFlow only: ``processes`` (MultiWorkerMirroredStrategy, one process per replica) or

@@ -32,7 +32,7 @@ _OS_FIXES = {
 
 def from_os_error(err: OSError) -> PipelineError:
     """A storage failure (full disk, file-size limit, permissions) as one PipelineError; writes go
-    to a temporary file that is renamed only on success (rnn/atomic.py), so nothing earlier is
+    to a temporary file that is renamed only on success (rnn/store/atomic.py), so nothing earlier is
     lost and nothing partial is left."""
     import errno
 

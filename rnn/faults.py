@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import signal
 
-KILL_ENV = "RNN_KILL_AT"
+from rnn.names import KILL_ENV
+
 ACTIONS = ("raise", "interrupt")
 _passed: dict[str, int] = {}
 

@@ -1,9 +1,9 @@
 """The one table of what can be trained: backends, implementations and cells.
 
 The parameter models validate against it (``rnn/config.py``), the engines dispatch on it
-(``rnn/engine.py``), ``dvc.yaml``'s matrix and the flows' fan-out expand the grid it defines
+(``rnn/backends/engine.py``), ``dvc.yaml``'s matrix and the flows' fan-out expand the grid it defines
 (``grid``), and the report names its runs with ``RunKey.name``. Adding a cell is one ``CELLS``
-entry plus its model code in ``rnn/torch`` and ``rnn/tf`` (a recurrence for ``scratch``, the
+entry plus its model code in ``rnn/backends/torch`` and ``rnn/backends/tf`` (a recurrence for ``scratch``, the
 framework's layer for ``concise``).
 """
 

@@ -2,7 +2,7 @@
 
 `dvc repro` locks only the files of the stage it is running, so a second `dvc repro` in the same
 workspace gets as far as that stage and then fails with advice to delete DVC's lock file, which
-is wrong while the first run lives. Under ``rnn repro`` the workspace lock (rnn/lock.py) is held
+is wrong while the first run lives. Under ``rnn repro`` the workspace lock (rnn/store/lock.py) is held
 from start to end: a second ``rnn repro``, a flow run or a stage command in the workspace fails
 at once, naming the run that holds it. The stage commands dvc starts inherit the lock.
 """
@@ -10,19 +10,11 @@ at once, naming the run that holds it. The stage commands dvc starts inherit the
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-from rnn.lock import INHERITED_ENV, workspace_lock
+from rnn.store.dvc_cli import dvc_command
+from rnn.store.lock import INHERITED_ENV, workspace_lock
 from rnn.workspace import Workspace
-
-
-def dvc_command() -> list[str]:
-    """This environment's `dvc` (beside its Python), else the one on PATH."""
-    exe = Path(sys.executable).with_name("dvc")
-    return [str(exe)] if exe.exists() else [shutil.which("dvc") or "dvc"]
 
 
 def repro(ws: Workspace, dvc_args: list[str]) -> int:

@@ -19,53 +19,44 @@ def rooted_ingest(cfg: IngestConfig, ws: Workspace) -> IngestConfig:
 
 
 def ingest_stage(ws: Workspace, params: Params):
-    from rnn.corpus import ingest
+    from rnn.data.corpus import ingest
 
     return ingest(rooted_ingest(params.ingest, ws), ws.corpus, root=ws.root)
 
 
 def vocab_stage(ws: Workspace, params: Params):
-    from rnn.vocab import build_vocab
+    from rnn.data.vocab import build_vocab
 
     return build_vocab(ws.corpus, params.vocab, ws.vocab)
 
 
 def partition_stage(ws: Workspace, params: Params):
-    from rnn.partition import partition
+    from rnn.data.partition import partition
 
     return partition(ws.vocab, params.partition, ws.partition)
 
 
 def train_stage(ws: Workspace, params: Params, run: RunKey, world=None, **options):
     """``options``: ``epoch_budget``, ``progress``, ``on_epoch``, ``checkpoint_sync`` (see
-    ``rnn.train.train_model``). With ``train.data_parallel`` above 1 it launches that many
-    processes (rnn/launch.py), unless it runs in one of them (``world``: its rank)."""
-    from rnn.train import train_model
+    ``rnn.training.loop.train_model``). With ``train.data_parallel`` above 1 it launches that many
+    processes (rnn/dataparallel/launcher.py), unless it runs in one of them (``world``: its rank)."""
+    from rnn.training.loop import train_in_workspace
 
     if world is None:  # the launcher's process checks for every rank
         check_training_memory(ws, params, run)
     if world is None and params.train.data_parallel > 1:
-        from rnn.launch import train_data_parallel
+        from rnn.dataparallel.launcher import train_data_parallel
 
         return train_data_parallel(ws, params, run, **options)
     if world is not None:
         options["world"] = world
-    return train_model(
-        run,
-        params,
-        partition_dir=ws.partition,
-        vocab_dir=ws.vocab,
-        model_dir=ws.model(run),
-        metrics_dir=ws.metrics_of(run),
-        checkpoint_dir=ws.checkpoint(run),
-        **options,
-    )
+    return train_in_workspace(ws, params, run, **options)
 
 
 def check_training_memory(ws: Workspace, params: Params, run: RunKey) -> None:
     """Refuse a run too large for this machine before anything is built or written."""
-    from rnn.memory import check_fits, estimate
-    from rnn.vocab import Vocab
+    from rnn.data.vocab import Vocab
+    from rnn.training.memory import check_fits, estimate
 
     arch, tcfg, part = params.model(run.model), params.train, params.partition
     need = estimate(
@@ -81,13 +72,13 @@ def check_training_memory(ws: Workspace, params: Params, run: RunKey) -> None:
 
 
 def evaluate_stage(ws: Workspace, params: Params, run: RunKey):
-    from rnn.evaluate import evaluate_model
+    from rnn.evaluation.evaluate import evaluate_model
 
     return evaluate_model(run, params, ws.model(run), ws.partition, ws.vocab, ws.eval_of(run))
 
 
 def report_stage(ws: Workspace, runs: list[RunKey], out: Path | None = None):
-    from rnn.report import RunFiles, build_report
+    from rnn.evaluation.report import RunFiles, build_report
 
     files = [RunFiles(r.name, ws.model(r), ws.eval_of(r), ws.metrics_of(r)) for r in runs]
     return build_report(files, out or ws.reports)

@@ -18,7 +18,7 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 
 import rnn
-from rnn.record import file_sha256
+from rnn.store.record import file_sha256
 from rnn.workspace import Workspace
 
 

@@ -3,7 +3,7 @@
 
 Layout on the remote, beside DVC's own ``files/`` and ``runs/`` (which `dvc gc` alone knows):
 ``checkpoints/<run fingerprint>/<weights sha256>.safetensors`` and one
-``checkpoint-<epoch>.json`` per generation (rnn/checkpoints.py's checksum record, and when it was
+``checkpoint-<epoch>.json`` per generation (rnn/training/checkpoints.py's checksum record, and when it was
 pushed). The weights go up first under their content hash and the JSON that names them last, so
 a reader never sees a JSON whose weights are not there; fetched bytes are verified against it
 before they are installed. The fingerprint covers parameters, data and library versions, so a
@@ -25,8 +25,8 @@ import re
 import time
 from pathlib import Path
 
-from rnn.atomic import atomic_path
-from rnn.checkpoints import (
+from rnn.store.atomic import atomic_path
+from rnn.training.checkpoints import (
     KEEP,
     Damaged,
     epochs_on_disk,
@@ -45,7 +45,7 @@ DAY_S = 86_400
 
 
 class RemoteCheckpoints:
-    """``rnn.train.CheckpointSync`` over the default DVC remote of the workspace at ``root``."""
+    """``rnn.training.loop.CheckpointSync`` over the default DVC remote of the workspace at ``root``."""
 
     def __init__(self, root: Path) -> None:
         from dvc.repo import Repo
@@ -203,8 +203,8 @@ def collect_finished(root: Path, params, runs) -> None:
     """After a flow pushed its outputs: delete the remote checkpoints of ``runs`` whose model is
     in the workspace (a rerun restores it from DVC instead of resuming). A failure only warns;
     `python -m tasks.checkpoints gc` collects what is left."""
-    from rnn.record import RECORD_FILE
-    from rnn.train import run_identity
+    from rnn.store.record import RECORD_FILE
+    from rnn.training.identity import run_identity
     from rnn.workspace import Workspace
 
     ws = Workspace(Path(root))

@@ -40,7 +40,7 @@ def _ingest_reads(ws: Workspace, args: dict) -> list[Path]:
     **JSON_RESULTS,
 )
 def ingest_task(workdir: str, params: dict, reuse: bool = False) -> dict:
-    from rnn.corpus import read_provenance
+    from rnn.data.corpus import read_provenance
 
     ws = Workspace(Path(workdir))
     if reuse and ws.corpus.is_file():
@@ -109,7 +109,7 @@ class EpochReporter:
             self.logger.warning(f"progress artifact not updated (training goes on): {err}")
 
     def __call__(self, run: str, row: dict, total: int) -> None:
-        from rnn.progress import epoch_line
+        from rnn.training.progress import epoch_line
 
         self.logger.info(epoch_line(run, row, total))
         now = time.monotonic()
@@ -135,7 +135,7 @@ def train_task(
 ) -> dict[str, Any]:
     """``share_checkpoints``: push every checkpoint to the workspace's DVC remote and resume
     from the remote's if it is further along than this workspace's."""
-    from rnn.record import read_record
+    from rnn.store.record import read_record
 
     ws, run = Workspace(Path(workdir)), RunKey(backend, variant, model)
     model_dir = ws.model(run)
@@ -176,7 +176,7 @@ def _evaluate_reads(ws: Workspace, args: dict) -> list[Path]:
 def evaluate_task(
     workdir: str, params: dict, backend: str, variant: str, model: str, reuse: bool = False
 ) -> dict[str, Any]:
-    from rnn.evaluate import read_eval
+    from rnn.evaluation.evaluate import read_eval
 
     ws, run = Workspace(Path(workdir)), RunKey(backend, variant, model)
     if reuse and (ws.eval_of(run) / "eval.json").is_file():

@@ -43,12 +43,12 @@ def time_machine_text() -> str:
 @pytest.fixture(params=["gather", "one_hot"])
 def scratch_inputs(request, monkeypatch) -> str:
     """Run a test on both input paths of the PyTorch scratch RNN's first layer (see
-    rnn/torch/recurrences.py: the vocabulary size picks one; the tests' 28 tokens x 16 units
+    rnn/backends/torch/recurrences.py: the vocabulary size picks one; the tests' 28 tokens x 16 units
     would otherwise pick gather)."""
-    import rnn.torch.recurrences
+    import rnn.backends.torch.recurrences
 
     share = 0.0 if request.param == "gather" else float("inf")
-    monkeypatch.setattr(rnn.torch.recurrences, "ONE_HOT_MAX_SHARE", share)
+    monkeypatch.setattr(rnn.backends.torch.recurrences, "ONE_HOT_MAX_SHARE", share)
     return request.param
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rnn.backends.engine import make_engine
+from rnn.backends.world import SINGLE, World
 from rnn.config import OptimizerConfig
-from rnn.distributed import SINGLE, World
-from rnn.engine import make_engine
-from rnn.partition import epoch_minibatches
+from rnn.data.partition import epoch_minibatches
 
 VOCAB, BATCH, STEPS, EPOCHS, THETA = 12, 4, 6, 3, 0.05
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import rnn.torch.train as torch_train
-from rnn.distributed import World
-from rnn.engine import backend_module
-from rnn.record import write_weights
+import rnn.backends.torch.engine as torch_train
+from rnn.backends.engine import backend_module
+from rnn.backends.world import World
+from rnn.store.record import write_weights
 from tests.dp_cases import CASES, train_case
 
 
@@ -25,7 +25,7 @@ def plant(fault: str) -> None:
     if fault == "clip-first":
 
         def synchronize(params, theta):
-            from rnn.torch.distributed import all_reduce_gradients
+            from rnn.backends.torch.distributed import all_reduce_gradients
 
             torch_train.clip_gradients(params, theta)
             all_reduce_gradients(params)

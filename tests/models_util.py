@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnn.canonical import expected_names
-from rnn.engine import make_engine
+from rnn.backends.canonical import expected_names
+from rnn.backends.engine import make_engine
 
 V, H, B, T = 28, 16, 4, 7
 

@@ -18,14 +18,14 @@ import tensorflow as tf
 import torch
 from torch.nn import functional as F
 
-from rnn.canonical import GRU_RECURRENT_BIAS, expected_names, split_gates
+from rnn.backends.canonical import GRU_RECURRENT_BIAS, expected_names, split_gates
+from rnn.backends.tf import concise as tf_concise
+from rnn.backends.tf import recurrences as tf_rec
+from rnn.backends.tf import scratch as tf_scratch
+from rnn.backends.torch import concise as torch_concise
+from rnn.backends.torch import recurrences as torch_rec
+from rnn.backends.torch import scratch as torch_scratch
 from rnn.registry import CELLS
-from rnn.tf import concise as tf_concise
-from rnn.tf import recurrences as tf_rec
-from rnn.tf import scratch as tf_scratch
-from rnn.torch import concise as torch_concise
-from rnn.torch import recurrences as torch_rec
-from rnn.torch import scratch as torch_scratch
 
 from .models_util import B, H, T, V, engine, random_weights, tokens
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from rnn.checkpoints import sidecar_name, weights_name
 from rnn.errors import PipelineError
-from rnn.evaluate import load_trained
-from rnn.record import file_sha256
+from rnn.evaluation.evaluate import load_trained
 from rnn.registry import RunKey
-from rnn.train import run_identity
+from rnn.store.record import file_sha256
+from rnn.training.checkpoints import sidecar_name, weights_name
+from rnn.training.identity import run_identity
 
 from .test_train_pipeline import run, tiny_params
 
@@ -29,9 +29,9 @@ PARAMS = tiny_params(checkpoint_every=1)  # 4 epochs: a generation after every e
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from rnn.config import VocabConfig
-    from rnn.corpus import ingest
-    from rnn.partition import partition
-    from rnn.vocab import build_vocab
+    from rnn.data.corpus import ingest
+    from rnn.data.partition import partition
+    from rnn.data.vocab import build_vocab
 
     d = tmp_path_factory.mktemp("data")
     ingest(PARAMS.ingest, d / "corpus.parquet")

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnn.config import IngestConfig
-from rnn.corpus import ingest, read_provenance, read_text_rows
+from rnn.data.corpus import ingest, read_provenance, read_text_rows
 from rnn.errors import PipelineError
 
 from .conftest import GUTENBERG, TIME_MACHINE, TIME_MACHINE_SHA1
@@ -62,9 +62,9 @@ def test_directory_and_glob_sources_concatenate_files_in_order(tmp_path):
 
 
 def test_large_text_is_stored_in_rows_cut_at_whitespace(tmp_path, monkeypatch):
-    import rnn.corpus
+    import rnn.data.corpus
 
-    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 1000)
+    monkeypatch.setattr(rnn.data.corpus, "ROW_BYTES", 1000)
     out = tmp_path / "rows.parquet"
     ingest(local(TIME_MACHINE), out)
     rows = pq.read_table(out).column("text").to_pylist()
@@ -119,9 +119,9 @@ def test_text_that_merely_starts_with_a_tag_is_not_taken_for_html(tmp_path, text
 def test_an_error_after_rows_were_written_keeps_the_earlier_output(tmp_path, monkeypatch):
     """A directory whose second file is bad: rows of the first are already streamed to the
     temporary file when the error comes; the earlier corpus survives and no temp file is left."""
-    import rnn.corpus
+    import rnn.data.corpus
 
-    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 64)
+    monkeypatch.setattr(rnn.data.corpus, "ROW_BYTES", 64)
     out = tmp_path / "corpus.parquet"
     ingest(local(TIME_MACHINE), out)
     good = out.read_bytes()
@@ -164,15 +164,15 @@ def test_streamed_rows_rebuild_the_text_and_end_at_separators(pieces, normalizat
     import tempfile
     from pathlib import Path
 
-    import rnn.corpus
+    import rnn.data.corpus
 
     encoded = [p.encode() for p in pieces]
     text = b"".join(encoded)
     seps = (b" ",) if normalization == "d2l" else (b"\n", b" ")
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rnn.corpus, "ROW_BYTES", row_bytes)
+        mp.setattr(rnn.data.corpus, "ROW_BYTES", row_bytes)
         path = Path(tmp) / "c.parquet"
-        with rnn.corpus._CorpusWriter(path, normalization) as writer:
+        with rnn.data.corpus._CorpusWriter(path, normalization) as writer:
             for piece in encoded:
                 writer.add(piece)
             writer.finish({"normalization": normalization})
@@ -193,9 +193,9 @@ def test_streamed_rows_rebuild_the_text_and_end_at_separators(pieces, normalizat
 def test_a_token_longer_than_two_rows_is_cut_rather_than_making_one_huge_row(
     tmp_path, monkeypatch, normalization
 ):
-    import rnn.corpus
+    import rnn.data.corpus
 
-    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 1000)
+    monkeypatch.setattr(rnn.data.corpus, "ROW_BYTES", 1000)
     src = tmp_path / "long.txt"
     src.write_text("x" * 100_000 + " y\n")
     ingest(local(src, normalization=normalization), tmp_path / "c.parquet")
@@ -207,14 +207,17 @@ def test_a_token_longer_than_two_rows_is_cut_rather_than_making_one_huge_row(
 def test_corpus_rows_are_written_while_the_source_is_still_being_cleaned(tmp_path, monkeypatch):
     """Streaming, not a join at the end: the first row reaches the file long before the last
     cleaned piece does, so the cleaned text is never held whole in memory."""
-    import rnn.corpus
-    import rnn.text
+    import rnn.data.corpus
+    import rnn.data.text
 
-    monkeypatch.setattr(rnn.corpus, "ROW_BYTES", 4096)
-    monkeypatch.setattr(rnn.text, "_CHUNK", 4096)
+    monkeypatch.setattr(rnn.data.corpus, "ROW_BYTES", 4096)
+    monkeypatch.setattr(rnn.data.text, "_CHUNK", 4096)
     pieces_at_write: list[int] = []
     pieces = 0
-    real_add, real_write = rnn.corpus._CorpusWriter.add, rnn.corpus._CorpusWriter._write_row
+    real_add, real_write = (
+        rnn.data.corpus._CorpusWriter.add,
+        rnn.data.corpus._CorpusWriter._write_row,
+    )
 
     def add(self, piece):
         nonlocal pieces
@@ -225,8 +228,8 @@ def test_corpus_rows_are_written_while_the_source_is_still_being_cleaned(tmp_pat
         pieces_at_write.append(pieces)
         real_write(self, row)
 
-    monkeypatch.setattr(rnn.corpus._CorpusWriter, "add", add)
-    monkeypatch.setattr(rnn.corpus._CorpusWriter, "_write_row", write_row)
+    monkeypatch.setattr(rnn.data.corpus._CorpusWriter, "add", add)
+    monkeypatch.setattr(rnn.data.corpus._CorpusWriter, "_write_row", write_row)
     out = tmp_path / "c.parquet"
     ingest(local(TIME_MACHINE), out)
     assert pieces > 30 and pieces_at_write[0] < 3

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rnn.record import read_weights
+from rnn.store.record import read_weights
 from tests.dp_cases import CASES, Case, train_case
 from tests.workspace import ROOT, copy_project, free_port, tiny_params
 
@@ -44,7 +44,7 @@ def largest_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> fl
 
 def tf_workers(*args: str, workers: int = 2) -> list[subprocess.CompletedProcess]:
     """``workers`` processes of a MultiWorkerMirroredStrategy cluster on 127.0.0.1."""
-    from rnn.launch import free_port
+    from rnn.ports import free_port
 
     hosts = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
     procs = []

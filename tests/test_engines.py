@@ -6,8 +6,8 @@ import tensorflow as tf
 import torch
 from torch.nn import functional as F
 
-from rnn.partition import epoch_minibatches
-from rnn.tf.recurrences import tanh_recurrence
+from rnn.backends.tf.recurrences import tanh_recurrence
+from rnn.data.partition import epoch_minibatches
 
 from .models_util import B, H, T, V, engine, random_weights, tokens
 
@@ -207,7 +207,7 @@ def test_engine_epoch_equals_the_books_loop(backend, variant, sampling, cell, sc
 def test_torch_state_is_detached_between_minibatches(scratch_inputs):
     """Truncated BPTT: the state handed to the next minibatch carries no graph. (TensorFlow's
     state leaves each step's tape by construction; the book-loop test above checks its weights.)"""
-    from rnn.torch.train import detach_state
+    from rnn.backends.torch.engine import detach_state
 
     e = engine("torch", "scratch")
     e.load_canonical_weights(random_weights(8))

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from rnn.faults import KILL_ENV
-from rnn.repro import dvc_command
+from rnn.store.dvc_cli import dvc_command
 
 from .workspace import ROOT, copy_project, tiny_params
 

@@ -4,9 +4,9 @@ import time
 import pytest
 
 from rnn.config import IngestConfig
-from rnn.corpus import ingest, read_provenance
+from rnn.data.corpus import ingest, read_provenance
+from rnn.data.fetch import download, seed_cache
 from rnn.errors import PipelineError
-from rnn.fetch import download, seed_cache
 
 from .conftest import TIME_MACHINE, TIME_MACHINE_SHA1
 from .httpserver import HTML_PAGE, serve

@@ -1,4 +1,4 @@
-"""The C recurrences (rnn/torch/cells.c) against the recurrences' eager code: the same outputs and
+"""The C recurrences (rnn/backends/torch/cells.c) against the recurrences' eager code: the same outputs and
 gradients, on the sizes the tests and the book use and on sizes that are not multiples of the
 kernels' register tiles."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnn.torch import fused
-from rnn.torch.recurrences import GRURecurrence, LSTMRecurrence
+from rnn.backends.torch import fused
+from rnn.backends.torch.recurrences import GRURecurrence, LSTMRecurrence
 
 pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C compiler here")
 
@@ -116,7 +116,7 @@ def test_disabled_by_environment(monkeypatch, tmp_path):
     import subprocess
     import sys
 
-    code = "from rnn.torch import fused; print(fused.library() is None)"
+    code = "from rnn.backends.torch import fused; print(fused.library() is None)"
     env = {"RNN_TORCH_FUSED": "0", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr

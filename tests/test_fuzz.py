@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rnn.config import IngestConfig, load_params
-from rnn.corpus import ingest, read_text_rows
+from rnn.data.corpus import ingest, read_text_rows
 from rnn.errors import PipelineError
 
 FUZZ = settings(
@@ -126,8 +126,8 @@ def test_random_bytes_as_a_parameter_file_fail_clearly(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def untrained():
     """A small PyTorch model and a character vocabulary (generation needs no training)."""
-    from rnn.engine import make_engine
-    from rnn.vocab import Vocab
+    from rnn.backends.engine import make_engine
+    from rnn.data.vocab import Vocab
 
     vocab = Vocab(("<unk>", *"etaoin shrdlu"), tuple([1] * 14), "char")
     return make_engine("torch", "scratch", len(vocab), 16, device="cpu", seed=0, threads=1), vocab
@@ -144,7 +144,7 @@ def untrained():
 def test_generation_extends_any_prefix_or_names_what_is_wrong(
     untrained, prefix, num_preds, temperature, top_k, seed
 ):
-    from rnn.evaluate import generate_text
+    from rnn.evaluation.evaluate import generate_text
 
     engine, vocab = untrained
     try:

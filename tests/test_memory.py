@@ -1,12 +1,12 @@
-"""The memory estimate made before a model is built (rnn/memory.py)."""
+"""The memory estimate made before a model is built (rnn/training/memory.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from rnn.engine import make_engine
+from rnn.backends.engine import make_engine
 from rnn.errors import PipelineError
-from rnn.memory import check_fits, estimate, host_room, parameter_count
+from rnn.training.memory import check_fits, estimate, host_room, parameter_count
 
 
 @pytest.mark.parametrize("backend", ["torch", "tf"])

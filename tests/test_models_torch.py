@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from rnn.torch.concise import RNNModel
-from rnn.torch.kernels import onednn_usable
-from rnn.torch.recurrences import OneHotTanhRecurrence
-from rnn.torch.scratch import RNNModelScratch
-from rnn.torch.train import clip_gradients, time_major_labels
+from rnn.backends.torch.concise import RNNModel
+from rnn.backends.torch.engine import clip_gradients, time_major_labels
+from rnn.backends.torch.kernels import onednn_usable
+from rnn.backends.torch.recurrences import OneHotTanhRecurrence
+from rnn.backends.torch.scratch import RNNModelScratch
 
 from .models_util import B, H, T, V, random_weights, tokens
 
@@ -28,13 +28,13 @@ def test_shapes_and_time_major_logits(cls, scratch_inputs):
 def test_gather_path_equals_one_hot_path(monkeypatch):
     """The scratch recurrence's two input paths (a row gather of W_xh + b_h, and one-hot columns
     inside the step's product) give the same hidden states and the same gradients."""
-    import rnn.torch.recurrences
+    import rnn.backends.torch.recurrences
 
     weights = {k: torch.from_numpy(v) for k, v in random_weights().items()}
     X, Y = (torch.from_numpy(a) for a in tokens())
     results = []
     for share in (0.0, float("inf")):  # 0: always gather; inf: always one-hot
-        monkeypatch.setattr(rnn.torch.recurrences, "ONE_HOT_MAX_SHARE", share)
+        monkeypatch.setattr(rnn.backends.torch.recurrences, "ONE_HOT_MAX_SHARE", share)
         model = RNNModelScratch(V, H)
         model.load_canonical_weights(weights)
         h0 = (0.1 * torch.ones(1, B, H)).requires_grad_()

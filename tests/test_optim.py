@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from rnn.config import OptimizerConfig, ScheduleConfig, TrainConfig
-from rnn.partition import epoch_minibatches
-from rnn.schedule import base_lr, best_epoch, epoch_lrs, plateau_scale, should_stop
+from rnn.data.partition import epoch_minibatches
+from rnn.training.schedule import base_lr, best_epoch, epoch_lrs, plateau_scale, should_stop
 
 from .models_util import V, engine, random_weights
 

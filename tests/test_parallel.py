@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from rnn.parallel import ordered_map
+from rnn.data.threadmap import ordered_map
 
 
 def test_results_come_back_in_input_order():

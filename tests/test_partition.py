@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnn.config import IngestConfig, PartitionConfig, VocabConfig
-from rnn.corpus import ingest
-from rnn.errors import PipelineError
-from rnn.partition import (
+from rnn.data.corpus import ingest
+from rnn.data.partition import (
     epoch_minibatches,
     iter_minibatches,
     load_split,
@@ -18,7 +17,8 @@ from rnn.partition import (
     random_sampling,
     sequential_partitioning,
 )
-from rnn.vocab import build_vocab
+from rnn.data.vocab import build_vocab
+from rnn.errors import PipelineError
 
 from . import book
 from .conftest import TIME_MACHINE

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnn.sampling import choose_next, generate
+from rnn.backends.sampling import choose_next, generate
 
 LOGITS = st.lists(st.floats(-20, 20), min_size=2, max_size=30).map(np.array)
 

@@ -1,4 +1,4 @@
-"""The corpus as a DVC-tracked input (rnn/sources.py): `rnn corpus add` versions it under
+"""The corpus as a DVC-tracked input (rnn/data/sources.py): `rnn corpus add` versions it under
 data/raw/, `dvc repro` and the flow rerun ingest and training when it changes, and a checkout
 without it gets the very same bytes back from the DVC remote, a verified copy or its URL."""
 
@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from rnn.data.sources import md5_of, set_ingest_keys
 from rnn.errors import PipelineError
-from rnn.sources import md5_of, set_ingest_keys
 
 from .conftest import TIME_MACHINE
 from .httpserver import serve

@@ -4,7 +4,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnn.text import normalize_d2l, normalize_raw, strip_gutenberg
+from rnn.data.text import normalize_d2l, normalize_raw, strip_gutenberg
 
 from .conftest import GUTENBERG, TIME_MACHINE
 
@@ -30,9 +30,9 @@ def test_d2l_on_the_canonical_file_gives_170580_characters():
 
 
 def test_d2l_handles_chunk_boundaries(monkeypatch):
-    import rnn.text
+    import rnn.data.text
 
-    monkeypatch.setattr(rnn.text, "_CHUNK", 1000)  # force many chunks
+    monkeypatch.setattr(rnn.data.text, "_CHUNK", 1000)  # force many chunks
     text = TIME_MACHINE.read_text()[:50_000]
     assert normalize_d2l(text.encode()).decode() == book_clean(text)
     # a line longer than a chunk, with gaps near the chunk size; and old Mac (CR-only) line ends

@@ -18,8 +18,8 @@ import pytest
 TRAIN = r"""
 import hashlib, json, sys
 import numpy as np
-from rnn.engine import make_engine
-from rnn.partition import epoch_minibatches
+from rnn.backends.engine import make_engine
+from rnn.data.partition import epoch_minibatches
 backend, threads = sys.argv[1], (int(sys.argv[2]) or None)
 ids = np.random.default_rng(0).integers(0, 28, 32 * 35 * 3 + 36)
 digests = {}

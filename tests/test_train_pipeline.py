@@ -15,15 +15,16 @@ from rnn.config import (
     TrainConfig,
     VocabConfig,
 )
-from rnn.corpus import ingest
+from rnn.data.corpus import ingest
+from rnn.data.partition import partition
+from rnn.data.vocab import build_vocab
 from rnn.errors import PipelineError
-from rnn.evaluate import evaluate_model
-from rnn.partition import partition
-from rnn.record import file_sha256, read_weights
+from rnn.evaluation.evaluate import evaluate_model
+from rnn.evaluation.report import RunFiles, build_report
 from rnn.registry import RunKey
-from rnn.report import RunFiles, build_report
-from rnn.train import DATA_INGEST_KEYS, train_model
-from rnn.vocab import build_vocab
+from rnn.store.record import file_sha256, read_weights
+from rnn.training.identity import DATA_INGEST_KEYS
+from rnn.training.loop import train_model
 
 from .conftest import TIME_MACHINE
 
@@ -118,7 +119,7 @@ def test_train_evaluate_and_outputs(data, tmp_path, backend, variant):
 @pytest.mark.parametrize("backend, variant", RUNS)
 @pytest.mark.parametrize("model", ["gru", "lstm"])
 def test_gated_cells_train_evaluate_and_name_their_weights(data, tmp_path, backend, variant, model):
-    from rnn.canonical import expected_names
+    from rnn.backends.canonical import expected_names
 
     params = tiny_params(epochs=2, optimizer={"name": "adam"}, lr=0.01)
     s = run(data, tmp_path, backend, variant, params, model=model)

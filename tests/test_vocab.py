@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnn.config import IngestConfig, VocabConfig
-from rnn.corpus import ingest
+from rnn.data.corpus import ingest
+from rnn.data.vocab import Vocab, _first_indices, _histogram, build_vocab, load_ids
 from rnn.errors import PipelineError
-from rnn.vocab import Vocab, _first_indices, _histogram, build_vocab, load_ids
 
 from .book import book_char_vocab, read_time_machine
 from .conftest import TIME_MACHINE

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rnn.errors import PipelineError
-from rnn.lock import workspace_lock
+from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 
 from .conftest import TIME_MACHINE
@@ -23,7 +23,7 @@ from .workspace import ROOT
 
 HOLDER = """
 import sys, time
-from rnn.lock import workspace_lock
+from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 with workspace_lock(Workspace(sys.argv[1]), "holder run"):
     print("held", flush=True)
@@ -82,7 +82,7 @@ def test_a_relative_source_is_relative_to_the_workspace(tmp_path):
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     result = rnn("ingest", "-w", str(ws), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    from rnn.corpus import read_provenance
+    from rnn.data.corpus import read_provenance
 
     assert read_provenance(ws / "data/corpus.parquet")["files"][0]["path"] == "texts/a.txt"
 

@@ -1,0 +1,1 @@
+"""PyTorch implementations; ``rnn/backends/tf`` mirrors every module, class and function name."""

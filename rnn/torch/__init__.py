@@ -1,1 +1,0 @@
-"""PyTorch implementations; ``rnn/tf`` mirrors every module, class and function name."""
