@@ -1,7 +1,7 @@
 """Scheduled retraining: pull the newest code (the deployment clones origin's tip) and data,
 retrain only what changed (everything else is restored from the DVC run-cache), evaluate, and
 promote each model whose held-out perplexity is no worse than the promoted one's. A promotion
-is a git tag on the run's recorded experiment, pushed to origin (flows/promotion.py): every
+is a git tag on the run's recorded experiment, pushed to origin (stores/promotion.py): every
 worker and the next run see it, and the weights it names are in the DVC remote."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows import dvc_sync, promotion
-from flows.pipeline import machine_name, pipeline
+from flows.pipeline import pipeline
+from flows.plan import machine_name
 from rnn.errors import PipelineError
 from rnn.evaluation.evaluate import read_eval
 from rnn.workspace import Workspace
+from stores import dvc_sync, promotion
 
 
 def held_out_perplexity(eval_record: dict) -> float:

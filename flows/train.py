@@ -20,8 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from flows import dvc_sync
-from flows.pipeline import (
+from flows.plan import (
     Stages,
     adopt_params,
     downstream,
@@ -36,8 +35,9 @@ from rnn.names import TRAINING_LIMIT
 from rnn.registry import RunKey
 from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
+from stores import dvc_sync
+from stores.checkpoints import collect_finished
 from tasks.caching import with_outputs
-from tasks.checkpoints import collect_finished
 from tasks.stages import evaluate_task, train_task
 
 SLOT_LEASE_S = 60  # a dead holder's slot frees itself after this long

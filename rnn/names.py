@@ -5,7 +5,7 @@ Prefect names (prefect.yaml names the work pool too)."""
 # set by the pool for each worker (pool/__main__.py), read by the engines and the flows
 THREADS_ENV = "RNN_THREADS"  # a worker's share of its machine's cores
 MACHINE_ENV = "RNN_MACHINE"  # the machine's name in run records and checkpoint pushes
-DVC_REMOTE_ENV = "RNN_DVC_REMOTE"  # the DVC remote's URL (flows/dvc_sync.py)
+DVC_REMOTE_ENV = "RNN_DVC_REMOTE"  # the DVC remote's URL (stores/dvc_sync.py)
 DVC_REMOTE_ENDPOINT_ENV = "RNN_DVC_REMOTE_ENDPOINT"  # its S3 endpoint, where not AWS
 STACK_HOME_ENV = "RNN_STACK_HOME"  # where `python -m pool` keeps its state
 

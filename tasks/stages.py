@@ -149,7 +149,7 @@ def train_task(
         }
     sync = None
     if share_checkpoints:
-        from tasks.checkpoints import RemoteCheckpoints
+        from stores.checkpoints import RemoteCheckpoints
 
         sync = RemoteCheckpoints(ws.root)
     summary = stages.train_stage(

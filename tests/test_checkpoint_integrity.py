@@ -172,7 +172,7 @@ def remote(tmp_path):
     """A DVC workspace whose default remote is a local folder; its RemoteCheckpoints."""
     from dvc.repo import Repo
 
-    from tasks.checkpoints import RemoteCheckpoints
+    from stores.checkpoints import RemoteCheckpoints
 
     root, store = tmp_path / "dvc", tmp_path / "store"
     root.mkdir()
@@ -227,7 +227,7 @@ def test_a_damaged_local_copy_is_replaced_by_the_remotes(
 
 
 def test_the_remote_keeps_what_resuming_needs_and_collects_the_rest(data, tmp_path, remote):
-    from tasks.checkpoints import main
+    from stores.checkpoints import main
 
     sync, store = remote
     stopped_at_3(data, tmp_path, checkpoint_sync=sync)

@@ -3,13 +3,13 @@ checked by name and signature so that a DVC or dvc-data release that moves one f
 loudly, not in a pool run. The lock (constraints/*.lock) pins both packages exactly; a refresh
 that moves one of these fails this test before anything ships.
 
-- ``Repo.stage_cache.pull`` / ``.restore`` (flows/dvc_sync.py): restore one stage from the
+- ``Repo.stage_cache.pull`` / ``.restore`` (stores/dvc_sync.py): restore one stage from the
   run-cache. `dvc repro --pull` restores, but runs every stale stage with it; `dvc pull
   --run-cache` fetches every output, not one stage's.
 - ``dvc_data.hashfile.transfer.transfer`` with ``Repo.cloud.get_remote_odb`` and
   ``Tree.load``: push the `cache: false` outputs the run-cache needs, which `dvc push` skips.
-- ``Repo.cloud.get_remote`` (tasks/checkpoints.py): the remote's filesystem, for checkpoints.
-- ``dvc.repo.experiments.utils.resolve_name`` (flows/recorded.py).
+- ``Repo.cloud.get_remote`` (stores/checkpoints.py): the remote's filesystem, for checkpoints.
+- ``dvc.repo.experiments.utils.resolve_name`` (stores/recorded.py).
 """
 
 from __future__ import annotations

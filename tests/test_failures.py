@@ -94,8 +94,8 @@ def test_a_write_that_fails_midway_keeps_the_earlier_result_and_leaves_nothing(t
 def test_an_unreachable_remote_fails_the_push_clearly_and_a_rerun_only_pushes(
     harness, tmp_path, s3_remote, monkeypatch
 ):
-    from flows.dvc_sync import PUSH_ATTEMPTS
     from flows.pipeline import pipeline
+    from stores.dvc_sync import PUSH_ATTEMPTS
 
     repo = copy_project(tmp_path / "repo")
     monkeypatch.chdir(repo)
@@ -103,7 +103,7 @@ def test_an_unreachable_remote_fails_the_push_clearly_and_a_rerun_only_pushes(
         monkeypatch.setenv(key, value)
     live = s3_remote["RNN_DVC_REMOTE_ENDPOINT"]
     monkeypatch.setenv("RNN_DVC_REMOTE_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nobody
-    monkeypatch.setattr("flows.dvc_sync.PUSH_BACKOFF_S", 0.1)
+    monkeypatch.setattr("stores.dvc_sync.PUSH_BACKOFF_S", 0.1)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries, per object
     state = pipeline(backend="torch", variant="scratch", return_state=True)
     assert state.is_failed()

@@ -278,8 +278,8 @@ def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from flows.promotion import promoted_commit, promoted_eval
     from flows.retrain import retrain
+    from stores.promotion import promoted_commit, promoted_eval
 
     monkeypatch.chdir(repo)
     first = retrain(backend="torch", return_state=True).result()

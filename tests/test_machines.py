@@ -179,9 +179,9 @@ def test_recorded_runs_are_listed_compared_and_restored_elsewhere(machines, loca
     kept = weights(wa, "tf-concise-rnn")  # the lr 1.5 run's model
 
     wd = d.clone()
-    listed = d.run(sys.executable, "-m", "flows.recorded", "list", cwd=wd).stdout.split()
+    listed = d.run(sys.executable, "-m", "stores.recorded", "list", cwd=wd).stdout.split()
     assert set(names) <= set(listed)
-    report = d.run(sys.executable, "-m", "flows.recorded", "compare", *names, cwd=wd).stdout
+    report = d.run(sys.executable, "-m", "stores.recorded", "compare", *names, cwd=wd).stdout
     for name in names:
         assert f"| {name}/tf-concise-rnn |" in report
     d.run("dvc", "exp", "pull", "origin", names[-1], cwd=wd)

@@ -1,8 +1,8 @@
 """Recorded runs: every completed flow run is a DVC experiment pushed to git origin (its
 parameters, dvc.lock, metrics and report in git; its models in the DVC remote). From any clone:
 
-    python -m flows.recorded list                      # every recorded run on origin
-    python -m flows.recorded compare EXP [EXP ...]     # one report over their models
+    python -m stores.recorded list                      # every recorded run on origin
+    python -m stores.recorded compare EXP [EXP ...]     # one report over their models
 
 ``dvc exp show`` lists them with every parameter and metric; ``dvc exp apply EXP && dvc pull``
 restores one into the workspace.
@@ -16,10 +16,10 @@ from typing import Annotated
 
 import typer
 
-from flows.dvc_sync import connect_remote, git_origin, run_dvc
 from rnn.errors import PipelineError
 from rnn.evaluation.report import RunFiles, build_report
 from rnn.workspace import Workspace
+from stores.dvc_sync import connect_remote, git_origin, run_dvc
 
 app = typer.Typer(
     help="List and compare recorded runs (DVC experiments on git origin).",
@@ -49,7 +49,7 @@ def _experiment_sha(root: Path, name: str) -> str:
             ref = resolve_name(repo.scm, name).get(name)
         if ref is None:
             raise PipelineError(
-                f"no recorded run named {name}", "list them with `python -m flows.recorded list`"
+                f"no recorded run named {name}", "list them with `python -m stores.recorded list`"
             )
         return repo.scm.get_ref(str(ref))
 
@@ -64,7 +64,7 @@ def fetch_recorded(root: Path, name: str, dest: Path) -> list[RunFiles]:
         models = fs.ls("data/models", detail=False)
     except FileNotFoundError:
         raise PipelineError(
-            f"recorded run {name} has no models", "check the name with `flows.recorded list`"
+            f"recorded run {name} has no models", "check the name with `stores.recorded list`"
         ) from None
     ws = Workspace(dest)
     runs = []

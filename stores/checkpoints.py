@@ -11,7 +11,7 @@ checkpoint is only ever resumed by the very same run.
 
 The remote does not grow with every run: each push keeps the run's last ``KEEP`` generations;
 once a run's model is pushed the flows delete its folder (``collect_finished``); and
-``python -m tasks.checkpoints gc --older-than-days N`` deletes the folders of runs that nothing
+``python -m stores.checkpoints gc --older-than-days N`` deletes the folders of runs that nothing
 has pushed to for N days (abandoned trainings).
 """
 
@@ -202,7 +202,7 @@ class RemoteCheckpoints:
 def collect_finished(root: Path, params, runs) -> None:
     """After a flow pushed its outputs: delete the remote checkpoints of ``runs`` whose model is
     in the workspace (a rerun restores it from DVC instead of resuming). A failure only warns;
-    `python -m tasks.checkpoints gc` collects what is left."""
+    `python -m stores.checkpoints gc` collects what is left."""
     from rnn.store.record import RECORD_FILE
     from rnn.training.identity import run_identity
     from rnn.workspace import Workspace
@@ -219,7 +219,7 @@ def collect_finished(root: Path, params, runs) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tasks.checkpoints",
+        prog="python -m stores.checkpoints",
         description="Delete training checkpoints on the workspace's DVC remote that no run needs.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -5,7 +5,7 @@ metrics in git; its weights in the DVC remote by the hash dvc.lock names), pushe
 From any clone: ``git fetch origin 'refs/tags/promoted/*:refs/tags/promoted/*'``, then
 ``git show promoted/tf-concise:data/eval/tf-concise/eval.json`` reads its perplexities and
 ``git checkout promoted/tf-concise && dvc pull train@tf-concise`` brings its weights
-(``python -m flows.recorded promoted`` lists them). The tag moves with a compare-and-swap push
+(``python -m stores.recorded promoted`` lists them). The tag moves with a compare-and-swap push
 (``--force-with-lease``), so of two retraining runs promoting at once, one wins and the other
 reports that it lost, instead of silently overwriting a promotion it never compared against.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flows import dvc_sync
+from stores import dvc_sync
 
 TAGS = "refs/tags/promoted/"
 
