@@ -9,6 +9,7 @@ from pathlib import Path
 from pool import checkout
 from pool.checkout import KEPT, PIPELINE_OUTPUTS, project_files  # noqa: F401
 from pool.processes import spawn_logged, stop, tail, wait_healthy  # noqa: F401
+from rnn.ports import free_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RNN_SHARED", ROOT.parent / "shared"))

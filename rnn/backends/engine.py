@@ -1,14 +1,62 @@
-"""Pick a framework's training engine by name; both expose the same ``Engine`` interface."""
+"""A framework's training engine, picked by name: the ``Engine`` protocol that both satisfy
+(rnn/backends/torch/engine.py, rnn/backends/tf/engine.py), and the factory that builds one from
+a ``ModelSpec``."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from types import ModuleType
+from typing import Protocol
 
+import numpy as np
+
+from rnn.backends.spec import ModelSpec, OptimSpec, model_spec, optim_spec
 from rnn.errors import PipelineError
 from rnn.names import THREADS_ENV
-from rnn.registry import BACKENDS, CELLS, IMPLEMENTATIONS
+from rnn.registry import BACKENDS
+
+
+class Engine(Protocol):
+    """What the training loop, the evaluation and generation ask of an engine."""
+
+    spec: ModelSpec
+
+    def train_epoch(
+        self,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        sampling: str,
+        lrs: np.ndarray | None = None,
+        epoch: int = 0,
+    ) -> tuple[float, int]:
+        """One epoch's minibatches at ``lrs[i]`` each; returns the loss sum and token count."""
+        ...
+
+    def evaluate(self, xs: np.ndarray, ys: np.ndarray) -> tuple[float, int]: ...
+
+    def stream(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> Iterator[int]: ...
+
+    def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> list[int]: ...
+
+    def num_params(self) -> int: ...
+
+    def canonical_weights(self) -> dict[str, np.ndarray]: ...
+
+    def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None: ...
+
+    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None: ...
+
+    def save_checkpoint(
+        self, path: Path, metadata: dict[str, str], extra: dict[str, np.ndarray]
+    ) -> None: ...
+
+    def load_checkpoint(self, data: bytes) -> dict[str, np.ndarray]:
+        """Restore from checksum-verified bytes; returns the extra arrays saved with them."""
+        ...
 
 
 def backend_module(backend: str) -> ModuleType:
@@ -48,72 +96,28 @@ def dropout_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
-def make_engine(
-    backend: str,
-    variant: str,
-    vocab_size: int,
-    num_hiddens: int,
-    *,
-    cell: str = "rnn",
-    num_layers: int = 1,
-    dropout: float = 0.0,
-    init: str = "default",
-    optimizer=None,
-    lr: float = 1.0,
-    theta: float | None = 1.0,
-    device: str = "cpu",
-    seed: int = 0,
-    threads: int | None = None,
-    world=None,
-):
-    """An engine of ``backend`` for one model; ``optimizer`` is an ``OptimizerConfig`` (default:
-    the book's SGD) and ``lr`` the rate an epoch trains at when it is given no schedule; ``world``
-    this process's place in a data-parallel run (rnn/backends/world.py; default: the only one)."""
-    from rnn.backends.world import SINGLE
+def build_engine(spec: ModelSpec, optim: OptimSpec | None = None) -> Engine:
+    """The engine of ``spec.backend`` for the model ``spec``, trained as ``optim`` says (default:
+    the book's SGD at lr 1, clipping at 1)."""
+    resolved = replace(spec, threads=resolve_threads(spec.threads))
+    return backend_module(spec.backend).Engine(resolved, optim or OptimSpec())
 
-    if variant not in IMPLEMENTATIONS:
-        raise PipelineError(
-            f"unknown variant {variant!r}", f"choose one of {', '.join(IMPLEMENTATIONS)}"
-        )
-    if cell not in CELLS:
-        raise PipelineError(f"unknown cell {cell!r}", f"choose one of {', '.join(CELLS)}")
-    module = backend_module(backend)
-    return module.Engine(
-        variant,
-        vocab_size,
-        num_hiddens,
-        cell=cell,
-        num_layers=num_layers,
-        dropout=dropout,
-        init=init,
-        optimizer=optimizer,
-        lr=lr,
-        theta=theta,
-        device=device,
-        seed=seed,
-        threads=resolve_threads(threads),
-        world=world or SINGLE,
-    )
+
+def make_engine(backend: str, variant: str, vocab_size: int, num_hiddens: int, **options):
+    """``build_engine`` from keywords: ``options`` are ``ModelSpec``'s fields and ``OptimSpec``'s
+    (``optimizer``, ``lr``, ``theta``); for scripts and tests that build one engine by hand."""
+    optim = {k: options.pop(k) for k in ("optimizer", "lr", "theta") if k in options}
+    if optim.get("optimizer") is None:
+        optim.pop("optimizer", None)
+    if options.get("world") is None:
+        options.pop("world", None)
+    spec = ModelSpec(backend, variant, vocab_size, num_hiddens, **options)
+    return build_engine(spec, OptimSpec(**optim))
 
 
 def engine_for(params, backend: str, variant: str, model: str, vocab_size: int, world=None):
     """The engine a run of the grid trains: its model from ``params.models``, its optimiser,
     clipping, device, seed and threads from ``params.train``."""
-    arch, tcfg = params.model(model), params.train
-    return make_engine(
-        backend,
-        variant,
-        vocab_size,
-        arch.hiddens(variant),
-        cell=arch.cell,
-        num_layers=arch.num_layers,
-        dropout=arch.dropout,
-        init=arch.init,
-        optimizer=tcfg.optimizer,
-        lr=tcfg.lr,
-        theta=tcfg.theta,
-        device=tcfg.device,
-        seed=tcfg.seed,
-        threads=tcfg.threads,
-        world=world,
+    return build_engine(
+        model_spec(params, backend, variant, model, vocab_size, world), optim_spec(params)
     )

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rnn.backends.engine import make_engine
+from rnn.backends.engine import build_engine
+from rnn.backends.spec import ModelSpec
 from rnn.config import Params
 from rnn.data.partition import SPLITS, evaluation_minibatches, load_split
 from rnn.data.vocab import VOCAB_FILE, Vocab
@@ -59,15 +60,7 @@ def load_trained(
             f"{len(vocab)}",
             "retrain (`dvc repro`) after changing the vocabulary",
         )
-    need = estimate(
-        args.get("cell", "rnn"),
-        args["vocab_size"],
-        args["num_hiddens"],
-        args.get("num_layers", 1),
-        (params.partition.batch_size, params.partition.num_steps),
-    )
-    check_fits(need, params.train.device, f"loading {model_dir}")
-    engine = make_engine(
+    spec = ModelSpec(
         backend,
         variant,
         args["vocab_size"],
@@ -78,6 +71,15 @@ def load_trained(
         seed=params.train.seed,
         threads=params.train.threads,
     )
+    need = estimate(
+        spec.cell,
+        spec.vocab_size,
+        spec.num_hiddens,
+        spec.num_layers,
+        (params.partition.batch_size, params.partition.num_steps),
+    )
+    check_fits(need, spec.device, f"loading {model_dir}")
+    engine = build_engine(spec)
     engine.load_canonical_weights(weights_from_bytes(weights))
     return engine, vocab
 

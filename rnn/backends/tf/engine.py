@@ -21,10 +21,11 @@ import tensorflow as tf
 from rnn.backends.engine import dropout_seed
 from rnn.backends.malloc import keep_freed_memory
 from rnn.backends.sampling import stream
+from rnn.backends.spec import ModelSpec, OptimSpec
 from rnn.backends.tf.concise import RNNModel
 from rnn.backends.tf.runtime import framework_version, resolve_device, set_threads  # noqa: F401 (the backend's front door)
 from rnn.backends.tf.scratch import RNNModelScratch, uniform_init
-from rnn.backends.world import SINGLE, World, shard_rows
+from rnn.backends.world import World, shard_rows
 from rnn.config import OptimizerConfig
 from rnn.names import TF_JIT_ENV
 from rnn.store.record import weights_from_bytes, write_weights
@@ -114,65 +115,49 @@ class Replica:
 
 
 class Engine:
-    def __init__(
-        self,
-        variant: str,
-        vocab_size: int,
-        num_hiddens: int,
-        *,
-        cell: str = "rnn",
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        init: str = "default",
-        optimizer: OptimizerConfig | None = None,
-        lr: float = 1.0,
-        theta: float | None = 1.0,
-        device: str = "cpu",
-        seed: int = 0,
-        threads: int | None = None,
-        world: World = SINGLE,
-    ) -> None:
-        self.world = world
-        if threads:
-            set_threads(threads)
-        self.device = resolve_device(device)
+    def __init__(self, spec: ModelSpec, optim: OptimSpec) -> None:
+        self.spec = spec
+        self.world = world = spec.world
+        if spec.threads:
+            set_threads(spec.threads)
+        self.device = resolve_device(spec.device)
         if self.device == "/CPU:0":
             keep_freed_memory()
-        tf.random.set_seed(seed)
+        tf.random.set_seed(spec.seed)
         # One model per replica this process trains (several under MirroredStrategy, each on
         # its device); replica 0's is the model that evaluates, generates and is saved.
         devices = getattr(world, "devices", ()) or (self.device,)
-        self.replicas: list[Replica] = []
-        for r, where in enumerate(devices):
-            with tf.device(where):
-                model = MODELS[variant](
-                    vocab_size,
-                    num_hiddens,
-                    seed=seed,
-                    cell=cell,
-                    num_layers=num_layers,
-                    dropout=dropout,
-                )
-                if init == "uniform":
-                    uniform_init(model.ordered_variables, num_hiddens, seed)
-                model.mask_shard = (world.rank * world.local_replicas + r, world.size)
-                variables = model.ordered_variables
-                self.replicas.append(
-                    Replica(
-                        model,
-                        variables,
-                        Optimizer(variables, model.weight_matrices, optimizer or OptimizerConfig()),
-                    )
-                )
+        self.replicas = [self._replica(spec, optim, where, r) for r, where in enumerate(devices)]
         self.model, self.variables, self.optimizer = self.replicas[0].parts()
         self._sync_replicas()
         # XLA cannot compile the strategy's collectives: a data-parallel epoch runs as a graph
-        self.jit = use_jit(variant) and world.size == 1
-        self.lr, self.theta, self.seed = lr, theta, seed
+        self.jit = use_jit(spec.variant) and world.size == 1
+        self.lr, self.theta, self.seed = optim.lr, optim.theta, spec.seed
         self._epoch_fns: dict[bool, tf.types.experimental.GenericFunction] = {}
         # Splits differ in length and rows: let one trace serve them all.
         self._eval_fn = tf.function(self._eval_graph, reduce_retracing=True)
         self._step_fn = tf.function(self.model.__call__)
+
+    @staticmethod
+    def _replica(spec: ModelSpec, optim: OptimSpec, where: str, r: int) -> Replica:
+        """Replica ``r``'s model, variables and optimiser, on device ``where``."""
+        world = spec.world
+        with tf.device(where):
+            model = MODELS[spec.variant](
+                spec.vocab_size,
+                spec.num_hiddens,
+                seed=spec.seed,
+                cell=spec.cell,
+                num_layers=spec.num_layers,
+                dropout=spec.dropout,
+            )
+            if spec.init == "uniform":
+                uniform_init(model.ordered_variables, spec.num_hiddens, spec.seed)
+            model.mask_shard = (world.rank * world.local_replicas + r, world.size)
+            variables = model.ordered_variables
+            return Replica(
+                model, variables, Optimizer(variables, model.weight_matrices, optim.optimizer)
+            )
 
     def _sync_replicas(self) -> None:
         """Every replica's variables and optimiser slots set to replica 0's (after a load)."""

@@ -19,10 +19,11 @@ from torch.nn import functional as F
 from rnn.backends.engine import dropout_seed
 from rnn.backends.malloc import keep_freed_memory
 from rnn.backends.sampling import stream
+from rnn.backends.spec import ModelSpec, OptimSpec
 from rnn.backends.torch.concise import RNNModel
 from rnn.backends.torch.runtime import framework_version, resolve_device  # noqa: F401 (the backend's front door)
 from rnn.backends.torch.scratch import DropoutMasks, RNNModelScratch, uniform_init
-from rnn.backends.world import SINGLE, World, shard_rows
+from rnn.backends.world import shard_rows
 from rnn.config import OptimizerConfig
 from rnn.store.record import weights_metadata, write_weights
 
@@ -87,43 +88,32 @@ def synchronize_gradients(params: list[torch.nn.Parameter], theta: float | None)
 
 
 class Engine:
-    def __init__(
-        self,
-        variant: str,
-        vocab_size: int,
-        num_hiddens: int,
-        *,
-        cell: str = "rnn",
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        init: str = "default",
-        optimizer: OptimizerConfig | None = None,
-        lr: float = 1.0,
-        theta: float | None = 1.0,
-        device: str = "cpu",
-        seed: int = 0,
-        threads: int | None = None,
-        world: World = SINGLE,
-    ) -> None:
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = resolve_device(device)
-        self.world = world
+    def __init__(self, spec: ModelSpec, optim: OptimSpec) -> None:
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self.device = resolve_device(spec.device)
+        self.world = spec.world
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.model = MODELS[variant](
-            vocab_size, num_hiddens, seed=seed, cell=cell, num_layers=num_layers, dropout=dropout
+        self.model = MODELS[spec.variant](
+            spec.vocab_size,
+            spec.num_hiddens,
+            seed=spec.seed,
+            cell=spec.cell,
+            num_layers=spec.num_layers,
+            dropout=spec.dropout,
         )
-        if init == "uniform":
-            uniform_init(self.model, num_hiddens, seed)
+        if spec.init == "uniform":
+            uniform_init(self.model, spec.num_hiddens, spec.seed)
         self.model.to(self.device)
         self.params = list(self.model.parameters())
-        cfg = optimizer or OptimizerConfig()
-        self.optimizer = make_optimizer(self.params, cfg, lr)
+        cfg = optim.optimizer
+        self.optimizer = make_optimizer(self.params, cfg, optim.lr)
         # the book's update alone, p -= lr * g, is one call here: torch.optim's step costs more in
         # its own bookkeeping than the update (a sixth of a millisecond a minibatch)
         self.plain_sgd = cfg.name == "sgd" and cfg.weight_decay == 0
-        self.lr, self.theta, self.seed = lr, theta, seed
+        self.lr, self.theta, self.seed = optim.lr, optim.theta, spec.seed
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
