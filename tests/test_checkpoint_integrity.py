@@ -101,7 +101,7 @@ def missing_checksum(ckpt: Path) -> str:
 
 def warnings_from(caplog) -> list[str]:
     """The pipeline's own warning lines (libraries may log theirs)."""
-    ours = ("rnn", "tasks")
+    ours = ("rnn", "stores")
     return [
         r.getMessage()
         for r in caplog.records
