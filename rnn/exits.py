@@ -1,7 +1,7 @@
 """How the ``rnn`` command ends: one line on stderr and a documented exit status for every
 failure, never a bare traceback.
 
-Exit statuses (README, "Errors and exit statuses"):
+Exit statuses (docs/reference/errors.md):
 
 - 0: done.
 - 2: a problem the user can fix: usage, parameters, data, disk, memory, the remote. One line,

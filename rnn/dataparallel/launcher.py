@@ -13,8 +13,8 @@ workspace lock for its ranks, and they die with it (``PR_SET_PDEATHSIG``), so a 
 leaves no orphan training behind.
 
 Across machines, start the ranks yourself: ``torchrun --nnodes M --nproc-per-node K
---rdzv-backend c10d --rdzv-endpoint HOST:PORT -m rnn.cli train ...`` on each (README, "Scaling
-out"); ``rnn train`` inside a launched world trains as its rank.
+--rdzv-backend c10d --rdzv-endpoint HOST:PORT -m rnn.cli train ...`` on each
+(docs/how-to/data-parallel.md); ``rnn train`` inside a launched world trains as its rank.
 """
 
 from __future__ import annotations
