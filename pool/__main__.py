@@ -11,6 +11,8 @@ import typer
 
 from pool import stack
 from pool.postgres import StackError
+from pool.state import Settings
+from pool.workers import machine_workers
 from rnn.names import MACHINE_ENV, STACK_HOME_ENV, THREADS_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -74,7 +76,7 @@ def up(
                 f"{heartbeat}, or healthy runs are crashed between two heartbeats"
             )
         )
-    settings = stack.Settings(
+    settings = Settings(
         workers,
         slots,
         db,
@@ -138,10 +140,8 @@ def worker(
         MACHINE_ENV: machine,
         THREADS_ENV: str(max(1, cores // slots)),
     }
-    settings = stack.Settings(workers=1, slots=slots)
-    procs = [
-        subprocess.Popen(cmd, env=env) for cmd in stack.machine_workers(settings, machine).values()
-    ]
+    settings = Settings(workers=1, slots=slots)
+    procs = [subprocess.Popen(cmd, env=env) for cmd in machine_workers(settings, machine).values()]
     signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])
     try:
         while all(p.poll() is None for p in procs):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from contextlib import suppress
 from pathlib import Path
 
 
@@ -62,3 +63,59 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float =
                 return
         time.sleep(0.2)
     raise RuntimeError(f"prefect server not healthy after {timeout:g} s:\n{tail(log)}")
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with suppress(OSError):  # a zombie child of ours counts as gone
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return False
+    return True
+
+
+def spawn(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def healthy(url: str) -> bool:
+    with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+        return r.status == 200
+    return False
+
+
+def stop_tree(pid: int | None, timeout: float = 15) -> None:
+    """SIGTERM a process and everything under it (flow runs sit in sessions of their own), then
+    SIGKILL what is left; returns once all are gone."""
+    if not alive(pid):
+        return
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        with suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGTERM)
+    _, left = psutil.wait_procs(family, timeout=timeout)
+    for p in left:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(left, timeout=10)

@@ -101,7 +101,7 @@ def test_a_worker_machine_directory_is_private(tmp_path):
     its scratch directory: the stack keeps the machine's directories to this user."""
     import stat
 
-    from pool.stack import machine_dir
+    from pool.workers import machine_dir
 
     machine = machine_dir(tmp_path / "stack", "worker-1")
     for path in (machine, machine / "home", machine / "tmp"):
