@@ -5,7 +5,7 @@ What is measured
 ----------------
 (a) **Flow vs direct.** A temporary copy of the working tree (``git ls-files -co
 --exclude-standard``) with the tests' tiny parameters (3,000 tokens, 2 epochs, 16 hidden units;
-the same as ``tests/test_flows.py::tiny_params``). The copy is **not** a DVC repository (its
+the same as ``tests/e2e/test_flows.py::tiny_params``). The copy is **not** a DVC repository (its
 ``.dvc/`` is removed), so the flow runs every stage and does not call DVC. Every measurement is a
 fresh subprocess with the copy as working directory and first on ``PYTHONPATH``, and starts from
 no outputs (``data/`` and ``reports/`` deleted):

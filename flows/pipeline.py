@@ -51,7 +51,7 @@ from tasks.stages import (
 def share_cores(runs_at_once: int) -> None:
     """Runs trained side by side in one process split its cores: with train.threads null each
     would take them all, and OpenMP threads spinning on oversubscribed cores slow every run
-    several-fold. The weights do not depend on it (tests/test_threads.py)."""
+    several-fold. The weights do not depend on it (tests/integration/test_threads.py)."""
     if ENGINE_THREADS_ENV not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         os.environ[ENGINE_THREADS_ENV] = str(max(1, cores // max(1, runs_at_once)))

@@ -21,7 +21,7 @@ import traceback
 from typing import NoReturn
 
 # typer >= 0.2x carries its own copy of click; the lock pins the typer that has this module, and
-# tests/test_cli.py fails if it moves.
+# tests/unit/test_cli.py fails if it moves.
 from typer._click import exceptions as click_exceptions
 
 from rnn.errors import PipelineError, from_os_error

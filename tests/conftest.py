@@ -12,12 +12,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from .s3 import s3_remote  # noqa: F401  (the S3 server fixture, for every module)
-from .workspace import CORPORA, ROOT, SHARED, TIME_MACHINE  # noqa: F401
-
-GUTENBERG = CORPORA / "timemachine-gutenberg.txt"
-SHAKESPEARE = CORPORA / "tinyshakespeare.txt"
-TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+from tests.support.s3 import s3_remote  # noqa: F401  (the S3 server fixture, for every module)
+from tests.support.workspace import CORPORA, TIME_MACHINE
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,11 +22,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest first (servers, then other slow tests), so that test processes running side by
-    side (pytest-xdist) finish together instead of one waiting on a late end-to-end test."""
+    """Longest first (end-to-end, then integration, then unit; within a tier, tests marked
+    slow first), so that test processes running side by side (pytest-xdist) finish together
+    instead of one waiting on a late end-to-end test."""
+    tiers = {"e2e": 0, "integration": 2, "unit": 4}
 
     def rank(item: pytest.Item) -> int:
-        return 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+        tier = tiers.get(item.path.parent.name, 4)
+        return tier + (
+            0 if item.get_closest_marker("e2e") or item.get_closest_marker("slow") else 1
+        )
 
     items.sort(key=rank)
 
@@ -77,8 +78,8 @@ def harness(tmp_path_factory):
 def tiny_repro_hashes(tmp_path_factory) -> dict[str, str]:
     """`dvc repro` with the tiny parameters in a plain clone of an origin: the model and data
     hashes every workspace, machine and pool run with those parameters must match."""
-    from .machines import Machine, make_origin, model_hashes
-    from .workspace import tiny_params
+    from tests.support.machines import Machine, make_origin, model_hashes
+    from tests.support.workspace import tiny_params
 
     base = tmp_path_factory.mktemp("plain")
     m = Machine(base, make_origin(base, tiny_params()), "http://127.0.0.1:9/api", {})

@@ -5,7 +5,7 @@ the host does no work per step; the maths per minibatch is the chapter's: state 
 ``stop_gradient``-ed (sequential) or fresh (random), mean cross-entropy against time-major labels,
 ``tf.clip_by_global_norm`` at theta, the step's learning rate (``rnn/training/schedule.py``, passed in as
 one tensor per epoch) and SGD, Adam or AdamW written out with PyTorch's formulas, so both
-frameworks take the same steps (tests/test_optim.py).
+frameworks take the same steps (tests/unit/test_optim.py).
 """
 
 from __future__ import annotations

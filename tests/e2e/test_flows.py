@@ -1,0 +1,307 @@
+"""The flows under prefect_test_harness, and the flow/`dvc repro` equivalence in a real DVC repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.workspace import copy_project, tiny_params
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A copy of the project's working tree as a fresh git + DVC repository with tiny params."""
+    return copy_project(tmp_path / "repo")
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {
+        r.name.rsplit("-", 1)[0] if r.name.count("-") == 1 else r.name: r.state.name for r in runs
+    }
+
+
+def test_pipeline_flow_outputs_artifacts_and_content_cache(harness, tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.pipeline import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    state = pipeline(return_state=True)
+    result = state.result()
+    assert sorted(result["runs"]) == [
+        "tf-concise-rnn",
+        "tf-scratch-rnn",
+        "torch-concise-rnn",
+        "torch-scratch-rnn",
+    ]
+    assert (tmp_path / "reports/report.md").is_file()
+    for run in result["runs"]:
+        assert (tmp_path / "data/models" / run / "model.safetensors").is_file()
+        assert (tmp_path / "data/eval" / run / "eval.json").is_file()
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    by_key = {a.key: a for a in arts}
+    table = json.loads(by_key["rnn-comparison"].data)
+    assert {row["run"] for row in table} == set(result["runs"])
+    assert "time traveller" in by_key["rnn-samples"].data
+    # A second run with the same inputs is served from the content-keyed cache.
+    second = pipeline(return_state=True)
+    states = task_states(second.state_details.flow_run_id)
+    print("STATES", states)
+    assert all(states[f"train-{r}"] == "Cached" for r in result["runs"]), states
+    # Changing a training parameter invalidates training but not the data stages.
+    third = pipeline(overrides={"train": {"lr": 0.5}}, return_state=True)
+    states = task_states(third.state_details.flow_run_id)
+    assert states["partition"] == "Cached" and states["train-torch-scratch-rnn"] == "Completed"
+
+
+def test_invalid_flow_parameter_is_rejected(harness, tmp_path, monkeypatch):
+    from flows.pipeline import pipeline
+    from rnn.errors import PipelineError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    with pytest.raises(PipelineError, match=r"train\.lr"):
+        pipeline(overrides={"train": {"lr": -1}})
+
+
+def run_flow(repo: Path, store: Path) -> str:
+    """The pipeline flow in its own process (as a worker runs it), against the test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    code = "from flows.pipeline import pipeline; print(pipeline(return_state=True).state_details.flow_run_id)"
+    extra = {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_LOCAL_STORAGE_PATH": str(store),
+        "PYTHONPATH": str(repo),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo,
+        env={**env(), **extra},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def lock_hashes(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {
+        o["path"]: o["md5"]
+        for s in lock["stages"].values()
+        for o in s.get("outs", [])
+        if o["path"].startswith("data/") and not o["path"].startswith("data/metrics")  # timings
+    }
+
+
+def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
+    first = sh("dvc", "repro", cwd=repo).stdout
+    assert "Running stage 'train@torch-scratch-rnn'" in first
+    again = sh("dvc", "repro", cwd=repo).stdout
+    assert "Running stage" not in again  # nothing to do the second time
+    repro_hashes = lock_hashes(repo)
+    # One training parameter changed: only the stages downstream of it rerun.
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(lr=0.5), sort_keys=False))
+    changed = sh("dvc", "repro", cwd=repo).stdout
+    ran = {line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage")}
+    assert ran == {
+        f"{s}@{b}-{v}-rnn"
+        for s in ("train", "evaluate")
+        for b in ("torch", "tf")
+        for v in ("scratch", "concise")
+    } | {"report"}
+    # After dvc repro, the flow with the same parameters reuses everything...
+    from uuid import UUID
+
+    states = task_states(UUID(run_flow(repo, harness)))
+    assert states and all(s in ("Completed", "Cached") for s in states.values())
+    assert sh("dvc", "status", "--json", cwd=repo).stdout.strip() in ("{}", "")
+    # ...and after a flow run (back to lr 1.0), dvc status is clean and repro has nothing to do,
+    # with the very hashes `dvc repro` produced for the same parameters, models included.
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(lr=1.0), sort_keys=False))
+    run_flow(repo, harness)
+    assert sh("dvc", "status", "--json", cwd=repo).stdout.strip() in ("{}", "")
+    assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
+    assert lock_hashes(repo) == repro_hashes
+
+
+def test_every_cell_through_dvc_repro_and_the_flow(harness, repo):
+    """GRU and LSTM (two layers, dropout, Adam with a cosine schedule) in both frameworks and
+    both implementations: `dvc repro` trains them; the flow trains them with another rate, and
+    `dvc repro` afterwards has nothing to do. (That the flow reuses what `dvc repro` made is
+    test_dvc_repro_and_flow_are_one_pipeline's; it does not depend on the cell.)"""
+    params = tiny_params()
+    params["train"].update(
+        models=["gru", "lstm"],
+        epochs=1,
+        optimizer={**params["train"]["optimizer"], "name": "adam"},
+        lr=0.01,
+        schedule={**params["train"]["schedule"], "name": "cosine", "warmup_steps": 2},
+    )
+    params["models"] = {
+        "gru": {"cell": "gru", "num_hiddens": 8, "num_layers": 1, "dropout": 0.0},
+        "lstm": {"cell": "lstm", "num_hiddens": 8, "num_layers": 2, "dropout": 0.2},
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = sh("dvc", "repro", cwd=repo).stdout
+    runs = [
+        f"{b}-{v}-{m}"
+        for b in ("torch", "tf")
+        for v in ("scratch", "concise")
+        for m in ("gru", "lstm")
+    ]
+    assert all(f"Running stage 'train@{r}'" in first for r in runs)
+    params["train"]["lr"] = 0.02
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_flow(repo, harness)
+    for r in runs:
+        record = json.loads((repo / "data/models" / r / "run.json").read_text())
+        assert record["params"]["train"]["lr"] == 0.02 and record["model_args"]["cell"] in r
+    assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
+    assert "lstm, 2 x 8" in (repo / "reports/report.md").read_text()
+
+
+def test_data_parallel_through_dvc_repro_and_the_flow(harness, repo):
+    """train.data_parallel: 2: `dvc repro`'s train stages and the flow's train tasks each launch
+    two ranks (torchrun's, TensorFlow's MultiWorkerMirroredStrategy workers); the records say
+    so, and `dvc repro` after the flow has nothing to do."""
+    params = tiny_params()
+    params["train"].update(backends=["torch", "tf"], variants=["scratch"], data_parallel=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc", "repro", cwd=repo)
+    runs = ["torch-scratch-rnn", "tf-scratch-rnn"]
+
+    def records() -> list[dict]:
+        return [json.loads((repo / "data/models" / r / "run.json").read_text()) for r in runs]
+
+    assert [r["data_parallel"] for r in records()] == [
+        {"world_size": 2, "comm": "gloo"},
+        {"world_size": 2, "comm": "ring"},
+    ]
+    params["train"]["lr"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_flow(repo, harness)
+    assert all(
+        r["params"]["train"]["lr"] == 0.5 and r["data_parallel"]["world_size"] == 2
+        for r in records()
+    )
+    assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
+
+
+def test_dvc_metrics_plots_experiments_and_remote(repo):
+    sh("dvc", "repro", cwd=repo)
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
+    assert "train" in json.dumps(metrics) and "perplexity" in json.dumps(metrics)
+    sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
+    assert (repo / "plots_out" / "index.html").is_file()
+    sh("dvc", "exp", "run", "-S", "train.lr=0.5", "evaluate@torch-concise-rnn", cwd=repo)
+    exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
+    assert "0.5" in exps and "perplexity" in exps
+    # The default remote is a local directory: push, drop the cache, pull back.
+    sh("dvc", "push", cwd=repo)
+    assert any((repo / ".dvc-remote").rglob("*"))
+    shutil.rmtree(repo / ".dvc" / "cache")
+    (repo / "data" / "corpus.parquet").unlink()
+    sh("dvc", "pull", cwd=repo)
+    assert (repo / "data" / "corpus.parquet").is_file()
+
+
+def fake_better_promotion(repo: Path, run: str) -> None:
+    """Move tag promoted/<run> to a commit whose eval.json claims perplexity 1 everywhere."""
+    commit = sh("git", "rev-parse", f"promoted/{run}^{{commit}}", cwd=repo).stdout.strip()
+    path = f"data/eval/{run}/eval.json"
+    record = json.loads(sh("git", "show", f"{commit}:{path}", cwd=repo).stdout)
+    record["perplexity"] = {k: 1.0 for k in record["perplexity"]}
+    fake = repo / "fake-eval.json"
+    fake.write_text(json.dumps(record))
+    blob = sh("git", "hash-object", "-w", str(fake), cwd=repo).stdout.strip()
+    env = {**os.environ, "GIT_INDEX_FILE": str(repo / ".git" / "fake-index")}
+    for cmd in (["read-tree", commit], ["update-index", "--cacheinfo", f"100644,{blob},{path}"]):
+        subprocess.run(["git", *cmd], cwd=repo, env=env, check=True)
+    tree = subprocess.run(
+        ["git", "write-tree"], cwd=repo, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    better = sh(
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit-tree",
+        tree,
+        "-p",
+        commit,
+        "-m",
+        "better",
+        cwd=repo,
+    ).stdout.strip()
+    sh("git", "tag", "-f", f"promoted/{run}", better, cwd=repo)
+    fake.unlink()
+
+
+def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.retrain import retrain
+    from stores.promotion import promoted_commit, promoted_eval
+
+    monkeypatch.chdir(repo)
+    first = retrain(backend="torch", return_state=True).result()
+    assert {d["decision"] for d in first["decisions"]} == {"promoted"}
+    # The promotion is a git tag on the run's experiment commit, not a local copy.
+    assert not (repo / "data/promoted").exists()
+    scratch_commit = promoted_commit(repo, "torch-scratch-rnn")
+    shown = sh("git", "show", f"{scratch_commit}:dvc.lock", cwd=repo).stdout
+    assert "data/models/torch-scratch-rnn" in shown
+    assert promoted_eval(repo, "torch-scratch-rnn")["run"] == "torch-scratch-rnn"
+    # Pretend the promoted model is better than anything retraining can produce.
+    fake_better_promotion(repo, "torch-scratch-rnn")
+    state = retrain(backend="torch", return_state=True)
+    decisions = {d["run"]: d["decision"] for d in state.result()["decisions"]}
+    # Same data and parameters retrain the same concise model: equal is "no worse", promoted.
+    assert decisions == {"torch-scratch-rnn": "kept current", "torch-concise-rnn": "promoted"}
+    assert promoted_eval(repo, "torch-scratch-rnn")["perplexity"]["valid"] == 1.0
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    table = json.loads(next(a for a in arts if a.key == "rnn-promotion").data)
+    assert {(row["run"], row["decision"]) for row in table} == set(decisions.items())

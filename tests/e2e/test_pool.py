@@ -1,0 +1,530 @@
+"""The worker pool end to end, brought up by the project's own stack script (`python -m pool`):
+PostgreSQL behind the Prefect server on 127.0.0.1, a bare git origin, moto's S3 server as the
+DVC remote, and two process workers, each in a directory of its own standing for a machine.
+
+1. Two pipeline runs of `rnn-pipeline/pool` (different `train.lr`) at once: each fans its grid
+   out as `rnn-train` runs, both workers train, each pipeline ends with its own results, and the
+   models hash as `dvc repro`'s with the same parameters.
+2. A worker machine killed with SIGKILL while it trains: its flow run ends Crashed within
+   CRASH_BOUND_S, the training runs again on the other worker from the pushed checkpoint and ends
+   byte-identical to an uninterrupted run.
+3. `pool up` again restarts the dead worker; the retrain deployment promotes on one worker and
+   the promotion is visible from the other machine.
+4. The API refuses a client without the credential and serves one with it.
+5. The server killed and brought back by `pool up`, then the database restarted, under a pipeline
+   that trains: the run rides both out and completes; the workers are left running.
+6. A soak of 8 tiny runs queued at once over the two workers: all complete, twins agree.
+7. The API credential and the S3 secret are in no file the pipeline wrote and no git object.
+8. A corpus of one's own added with `rnn corpus add` (pushed to the S3 remote, nowhere else a
+   worker can read it): a pipeline run on it completes. The whole pool runs with every proxy
+   pointing at a closed port, so nothing but 127.0.0.1 is reachable.
+Everything started is stopped by `pool down --purge` and checked gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from pool.postgres import Cluster
+from tests.support.machines import git, make_origin, model_hashes
+from tests.support.workspace import ROOT, TIME_MACHINE, free_port, tiny_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 60  # Prefect's shortest heartbeat; two of them
+# Crashed within: the automation's window, plus at most one heartbeat interval (the last beat
+# may have come just before the kill... or up to one interval earlier) and its evaluation.
+CRASH_BOUND_S = ZOMBIE_AFTER_S + HEARTBEAT_S + 15
+# A run under a restarted server and database completes within: its own remaining training
+# (~2 min alone, up to twice that beside other tests on 2 cores), with room for the restarts.
+RESTART_BOUND_S = 420
+RUN_TIMEOUT_S = 900
+MACHINE_WORKERS = ("worker-1", "worker-1-pipelines", "worker-2", "worker-2-pipelines")
+SLOW_EPOCHS = 120  # ~30 s for torch-scratch-rnn on one thread: long enough to be killed mid-way
+
+
+# No network but the machine itself: every client that honours the proxy variables (requests,
+# httpx, botocore, git) gets a closed port for anything not on 127.0.0.1.
+OFFLINE = {
+    name: value
+    for key, value in (
+        ("http_proxy", "http://127.0.0.1:9"),
+        ("https_proxy", "http://127.0.0.1:9"),
+        ("no_proxy", "127.0.0.1,localhost"),
+    )
+    for name in (key, key.upper())
+}
+
+
+def pool_cli(*args: str, env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "pool", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"pool {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_", "RNN_"))}
+    base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**base, **extra}
+
+
+class Api:
+    """The test's view of the Prefect server: flow runs, their logs, deployment runs."""
+
+    def __init__(self, url: str, auth: str | None) -> None:
+        self.url, self.auth = url, auth
+
+    @contextmanager
+    def settings(self):
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.url, PREFECT_API_AUTH_STRING: self.auth}):
+            yield
+
+    @contextmanager
+    def client(self):
+        from prefect.client.orchestration import get_client
+
+        with self.settings(), get_client(sync_client=True) as c:
+            yield c
+
+    def start(self, deployment: str, parameters: dict) -> str:
+        from prefect.deployments import run_deployment
+
+        with self.settings():
+            return str(run_deployment(deployment, parameters=parameters, timeout=0).id)
+
+    def status(self, path: str, auth: str | None) -> int:
+        """The HTTP status of a plain POST to the API, with or without the credential."""
+        import base64
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}{path}", data=b"{}", method="POST")
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Basic {base64.b64encode(auth.encode()).decode()}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    def all_runs(self) -> list:
+        with self.client() as c:
+            return c.read_flow_runs()
+
+    def final_ppl(self, run_id: str) -> str | None:
+        """The last epoch's training perplexity as logged (deterministic on CPU)."""
+        found = [
+            m.split("train ppl ")[1].split(",")[0] for m in self.logs(run_id) if "train ppl" in m
+        ]
+        return found[-1] if found else None
+
+    def run(self, run_id: str):
+        with self.client() as c:
+            return c.read_flow_run(run_id)
+
+    def wait_final(self, run_ids: list[str], timeout: float = RUN_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = {i: self.run(i) for i in run_ids}
+            if all(r.state and r.state.is_final() for r in runs.values()):
+                return runs
+            assert time.monotonic() < deadline, {i: r.state for i, r in runs.items()}
+            time.sleep(2)
+
+    def logs(self, run_id: str) -> list[str]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        query = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+        found: list = []
+        with self.client() as c:  # the API answers in pages (200 by default): read them all
+            while page := c.read_logs(log_filter=query, offset=len(found)):
+                found += page
+        return [log.message for log in found]
+
+    def train_runs(self) -> list:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+        with self.client() as c:
+            deployments = c.read_deployments(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["default"]))
+            )
+            ids = [d.id for d in deployments if d.entrypoint.startswith("flows/train.py")]
+            return [r for r in c.read_flow_runs() if r.deployment_id in ids]
+
+    def children(self, parent_id: str) -> list:
+        prefix = f"{self.run(parent_id).name}-"
+        return [r for r in self.train_runs() if r.name.startswith(prefix)]
+
+    def epochs_done(self, run_id: str) -> int:
+        done = [
+            int(m.split(" epoch ")[1].split("/")[0])
+            for m in self.logs(run_id)
+            if " epoch " in m and ": train ppl" in m
+        ]
+        return max(done, default=0)
+
+    def machine_of(self, run_id: str) -> str | None:
+        for message in self.logs(run_id):
+            if " on machine " in message:
+                return message.split(" on machine ")[1].split()[0]
+        return None
+
+
+def experiment(origin: Path, run, where: Path) -> dict[str, str]:
+    """dvc.lock's model hashes of a pipeline flow run's recorded experiment, read from origin."""
+    name = f"{run.name}-{str(run.id)[:8]}"
+    refs = git("ls-remote", str(origin), "refs/exps/*", cwd=where)
+    sha = next(line.split()[0] for line in refs.splitlines() if line.endswith(f"/{name}"))
+    lock = yaml.safe_load(git("--git-dir", str(origin), "show", f"{sha}:dvc.lock", cwd=where))
+    params = yaml.safe_load(git("--git-dir", str(origin), "show", f"{sha}:params.yaml", cwd=where))
+    hashes = {
+        o["path"]: o["md5"]
+        for s in lock["stages"].values()
+        for o in s.get("outs", [])
+        if o["path"].startswith("data/models/")
+    }
+    return {"hashes": hashes, "params": params, "sha": sha}
+
+
+def dvc_repro_hashes(origin: Path, params: dict, stage: str, base: Path, env: dict) -> dict:
+    """`dvc repro STAGE` (and what it needs) with ``params`` in a fresh clone of origin."""
+    where = base / "uninterrupted"
+    git("clone", "-q", str(origin), str(where), cwd=base)
+    (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(
+        ["dvc", "repro", "-q", stage], cwd=where, env=env, check=True, capture_output=True
+    )
+    return {k: v for k, v in model_hashes(where).items() if k.startswith("data/models/")}
+
+
+def add_own_corpus(origin: Path, base: Path, s3_remote: dict, env: dict) -> str:
+    """`rnn corpus add` of a text of one's own in a clone whose DVC remote is the pool's (it is
+    pushed there and nowhere else), committed and pushed to origin's main."""
+    work = base / "own-corpus"
+    git("clone", "-q", str(origin), str(work), cwd=base)
+    run = {"cwd": work, "env": env, "check": True, "capture_output": True, "text": True}
+    subprocess.run(
+        ["dvc", "remote", "add", "--local", "-d", "s3", s3_remote["RNN_DVC_REMOTE"]], **run
+    )
+    endpoint = s3_remote["RNN_DVC_REMOTE_ENDPOINT"]
+    subprocess.run(["dvc", "remote", "modify", "--local", "s3", "endpointurl", endpoint], **run)
+    text = base / "own.txt"
+    text.write_text(TIME_MACHINE.read_text(encoding="utf-8")[20_000:30_000])
+    added = subprocess.run([sys.executable, "-m", "rnn.cli", "corpus", "add", str(text)], **run)
+    assert '"pushed": true' in added.stdout, added.stdout + added.stderr
+    ident = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    git("add", "-A", cwd=work)
+    git(*ident, "commit", "-qm", "own corpus", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    return "data/raw/own.txt"
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def secrets_in(home: Path, origin: Path, secrets: list[str], exclude: set[Path]) -> list[str]:
+    """Files under the stack's home (logs, every machine's workspaces and DVC caches) and git
+    objects of every ref on origin that contain one of ``secrets``."""
+    found = []
+    for path in home.rglob("*"):
+        # Prefect's process worker keeps each job's environment (the API credential included)
+        # in its own scratch directory on the worker's disk: not an output of the pipeline
+        if any(part.startswith("prefect-workspace-attempt-") for part in path.parts):
+            continue
+        if path.is_file() and path not in exclude and not path.is_symlink():
+            data = path.read_bytes()
+            found += [str(path) for s in secrets if s.encode() in data]
+    for secret in secrets:
+        hits = subprocess.run(
+            ["git", "--git-dir", str(origin), "log", "--all", "-p", "-S", secret, "--oneline"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        found += [f"origin: {line}" for line in hits.splitlines()[:3]]
+    return found
+
+
+def kill_machine(worker_pids: list[int]) -> list[psutil.Process]:
+    """SIGKILL a machine's workers and every process under them, all at once, as it dies."""
+    family = []
+    for pid in worker_pids:
+        root = psutil.Process(pid)
+        family += [root, *root.children(recursive=True)]
+    for p in family:
+        p.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(family, timeout=10)
+    return alive
+
+
+def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote, tiny_repro_hashes):
+    home = tmp_path / "stack"
+    origin = make_origin(tmp_path, tiny_params())
+    env = clean_env({**{k: v for k, v in s3_remote.items() if k.startswith("AWS_")}, **OFFLINE})
+    port = free_port()
+    up = [
+        "up",
+        "--home",
+        str(home),
+        "--workers",
+        "2",
+        "--slots",
+        "1",
+        "--port",
+        str(port),
+        "--heartbeat",
+        str(HEARTBEAT_S),
+        "--zombie-after",
+        str(ZOMBIE_AFTER_S),
+        "--origin",
+        str(origin),
+        "--remote",
+        s3_remote["RNN_DVC_REMOTE"],
+        "--remote-endpoint",
+        s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
+    ]
+    check_env = clean_env(s3_remote)
+    stack_pids: list[int] = []
+    try:
+        status = pool_cli(*up, env=env)
+        assert status["db"] == "postgres" and status["postgres"] and status["server"]
+        assert status["workers"] == {name: True for name in MACHINE_WORKERS}
+        first = json.loads((home / "state.json").read_text())["workers"]
+        assert pool_cli(*up, env=env)["workers"] == status["workers"]  # idempotent:
+        state = json.loads((home / "state.json").read_text())
+        assert state["workers"] == first  # the running workers were left alone
+        stack_pids = [state["server_pid"], *state["workers"].values()]
+        api = Api(status["api"], state["auth_string"])
+        assert state["auth_string"] and stat.S_IMODE((home / "stack.env").stat().st_mode) == 0o600
+
+        print(f"{time.strftime('%X')} stack up")
+        # 1. Two pipelines at once, each fanned out over both workers.
+        base = {"params_file": "params.yaml", "fan_out": True}
+        ids = {  # the second narrowed to PyTorch: fewer TensorFlow start-ups on two cores
+            1.0: api.start("rnn-pipeline/pool", base),
+            2.0: api.start(
+                "rnn-pipeline/pool",
+                {**base, "backend": "torch", "overrides": {"train": {"lr": 2.0}}},
+            ),
+        }
+        runs = api.wait_final(list(ids.values()))
+        for run in runs.values():
+            assert run.state.is_completed(), (run.state, api.logs(str(run.id))[-20:])
+        trains = api.train_runs()
+        assert len(trains) == 6 and all(r.state.is_completed() for r in trains)
+        assert {api.machine_of(str(r.id)) for r in trains} == {"worker-1", "worker-2"}
+        print(f"{time.strftime('%X')} two pipelines done")
+        recorded = {lr: experiment(origin, runs[i], tmp_path) for lr, i in ids.items()}
+        assert len(recorded[1.0]["hashes"]) == 4
+        assert recorded[2.0]["params"]["train"]["lr"] == 2.0
+        assert len(recorded[2.0]["hashes"]) == 2
+        for path, digest in recorded[2.0]["hashes"].items():
+            assert recorded[1.0]["hashes"][path] != digest  # another lr, other weights
+        assert recorded[1.0]["hashes"] == {
+            k: v for k, v in tiny_repro_hashes.items() if k.startswith("data/models/")
+        }
+        print(f"{time.strftime('%X')} repro compared")
+        # 2. A machine dies mid-training; its training resumes on the other one.
+        slow = {"train": {"epochs": SLOW_EPOCHS, "checkpoint_every": 10, "lr": 0.7}}
+        parent = api.start("rnn-pipeline/pool", {**base, "backend": "torch", "overrides": slow})
+        victim, deadline = None, time.monotonic() + 300
+        while victim is None:
+            assert time.monotonic() < deadline, "no training reached epoch 20 on a worker"
+            time.sleep(1)
+            parent_machine = api.machine_of(parent)
+            for r in api.children(parent) if parent_machine else []:
+                machine = api.machine_of(str(r.id))
+                if machine not in (None, parent_machine) and api.epochs_done(str(r.id)) >= 20:
+                    victim = (r, machine)
+        dead_run, dead_machine = victim
+        assert api.run(str(dead_run.id)).state.is_running()
+        killed_at = time.monotonic()
+        assert not kill_machine(
+            [state["workers"][dead_machine], state["workers"][f"{dead_machine}-pipelines"]]
+        )
+        while not api.run(str(dead_run.id)).state.is_crashed():
+            assert time.monotonic() - killed_at < CRASH_BOUND_S, api.run(str(dead_run.id)).state
+            time.sleep(1)
+        crashed_after = time.monotonic() - killed_at
+        print(f"flow run on the killed machine Crashed after {crashed_after:.0f} s")
+        final = api.wait_final([parent])[parent]
+        assert final.state.is_completed(), api.logs(parent)[-20:]
+        reruns = [
+            r for r in api.children(parent) if r.name == dead_run.name and r.id != dead_run.id
+        ]
+        assert reruns and reruns[-1].state.is_completed()
+        rerun_logs = api.logs(str(reruns[-1].id))
+        assert api.machine_of(str(reruns[-1].id)) != dead_machine
+        resumed = [
+            int(m.split("resumed from epoch ")[1].split(",")[0])
+            for m in rerun_logs
+            if "resumed from epoch " in m
+        ]
+        assert resumed and resumed[0] >= 20, rerun_logs[-10:]
+        killed = experiment(origin, final, tmp_path)
+        run = dead_run.name.removeprefix(f"{api.run(parent).name}-")
+        stage = f"train@{run}"
+        uninterrupted = dvc_repro_hashes(origin, killed["params"], stage, tmp_path, check_env)
+        assert killed["hashes"][f"data/models/{run}"] == uninterrupted[f"data/models/{run}"]
+
+        print(f"{time.strftime('%X')} resumed run compared")
+        # 3. The dead machine comes back; retraining promotes where every machine sees it.
+        assert pool_cli(*up, env=env)["workers"] == {name: True for name in MACHINE_WORKERS}
+        state = json.loads((home / "state.json").read_text())
+        stack_pids = [state["server_pid"], *state["workers"].values()]
+        retrain = api.start("rnn-retrain/weekly", {"backend": "torch", "fan_out": True})
+        done = api.wait_final([retrain])[retrain]
+        assert done.state.is_completed(), api.logs(retrain)[-20:]
+        promoter = api.machine_of(retrain)
+        tags = git("ls-remote", str(origin), "refs/tags/promoted/*", cwd=tmp_path)
+        assert {line.rsplit("/", 1)[1] for line in tags.split("\n") if line} == {
+            "torch-scratch-rnn",
+            "torch-concise-rnn",
+        }
+        other = next(m for m in ("worker-1", "worker-2") if m != promoter)
+        view = home / "machines" / other / "view"
+        git("clone", "-q", str(origin), str(view), cwd=view.parent)
+        git("fetch", "-q", "origin", "refs/tags/promoted/*:refs/tags/promoted/*", cwd=view)
+        git("checkout", "-q", "promoted/torch-concise-rnn", cwd=view)
+        sh = {"cwd": view, "env": check_env, "check": True, "capture_output": True}
+        subprocess.run(
+            ["dvc", "remote", "add", "--local", "-d", "s3", s3_remote["RNN_DVC_REMOTE"]], **sh
+        )
+        subprocess.run(
+            [
+                "dvc",
+                "remote",
+                "modify",
+                "--local",
+                "s3",
+                "endpointurl",
+                s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
+            ],
+            **sh,
+        )
+        subprocess.run(["dvc", "pull", "-q", "train@torch-concise-rnn"], **sh)
+        record = json.loads((view / "data/models/torch-concise-rnn/run.json").read_text())
+        assert record["variant"] == "concise"
+        evaluated = json.loads((view / "data/eval/torch-concise-rnn/eval.json").read_text())
+        assert evaluated["run"] == "torch-concise-rnn"
+
+        # 4. The API wants its credential: refused without it, served with it.
+        assert api.status("/flow_runs/filter", None) == 401
+        assert api.status("/flow_runs/filter", "rnn:not-the-secret") == 401
+        assert api.status("/flow_runs/filter", state["auth_string"]) == 200
+        print(f"{time.strftime('%X')} auth checked")
+
+        # 5. The server, then the database, restarted under a pipeline that trains.
+        # trained inside the pipeline's own flow run (not fanned out), long enough (~2 min)
+        # to outlast both restarts
+        slow_here = {"train": {"epochs": 4 * SLOW_EPOCHS, "checkpoint_every": 20, "lr": 0.8}}
+        survivor = api.start(
+            "rnn-pipeline/pool",
+            {"params_file": "params.yaml", "backend": "torch", "variant": "scratch",
+             "fan_out": False, "overrides": slow_here},
+        )  # fmt: skip
+        wait_until(lambda: api.epochs_done(survivor) >= 10, 300, "training before the restarts")
+        assert not kill_machine([state["server_pid"]])  # the server and its children
+        workers_before = state["workers"]
+        assert pool_cli(*up, env=env)["server"]  # `pool up` starts what is not running
+        state = json.loads((home / "state.json").read_text())
+        assert state["workers"] == workers_before  # and leaves the workers (and their runs) be
+        stack_pids = [state["server_pid"], *state["workers"].values()]
+        print(f"{time.strftime('%X')} server restarted")
+        cluster = Cluster(**{**state["pg"], "data_dir": Path(state["pg"]["data_dir"])})
+        cluster.stop()
+        cluster.start()
+        print(f"{time.strftime('%X')} database restarted")
+        # The run rides out both restarts: its process lives on the worker, its client retries
+        # while the server or the database is away, and it completes within a bound.
+        outcome = api.wait_final([survivor], timeout=RESTART_BOUND_S)[survivor]
+        assert outcome.state.is_completed(), (outcome.state, api.logs(survivor)[-20:])
+        assert api.epochs_done(survivor) == 4 * SLOW_EPOCHS  # its last epoch's line reached the API
+        print(f"{time.strftime('%X')} the pipeline completed across the restarts")
+
+        # 6. A bounded soak: 8 tiny trainings queued at once over the two workers, 4 learning
+        #    rates twice each; every one completes, with its twin's result only (a twin that
+        #    starts after the other finished restores it from the run-cache instead of training).
+        rates = [round(0.55 + 0.1 * i, 2) for i in range(4)] * 2  # none trained before
+        soak = {}
+        for lr in rates:
+            params = tiny_params(lr)
+            soak.setdefault(lr, []).append(
+                api.start(
+                    "rnn-train/default",
+                    {"backend": "torch", "variant": "scratch", "model": "rnn", "params": params},
+                )
+            )
+        ids = [i for pair in soak.values() for i in pair]
+        finals = api.wait_final(ids)
+        assert all(r.state.is_completed() for r in finals.values()), {
+            i: r.state for i, r in finals.items() if not r.state.is_completed()
+        }
+        results = {lr: {api.final_ppl(i) for i in pair} - {None} for lr, pair in soak.items()}
+        assert all(len(ppl) == 1 for ppl in results.values()), results  # twins agree
+        assert len({next(iter(ppl)) for ppl in results.values()}) == len(results)  # rates differ
+        assert {api.machine_of(i) for i in ids} == {"worker-1", "worker-2"}
+        # none left running or pending (the weekly deployment's future runs are only scheduled)
+        assert not [r for r in api.all_runs() if r.state.is_running() or r.state.is_pending()]
+        print(f"{time.strftime('%X')} soak of {len(ids)} runs done")
+
+        # 7. Secrets (the API credential, the S3 secret key) are in no output anywhere.
+        secrets_ = [state["auth_string"], s3_remote["AWS_SECRET_ACCESS_KEY"]]
+        leaks = secrets_in(
+            home, origin, secrets_, exclude={home / "state.json", home / "stack.env"}
+        )
+        assert not leaks, leaks
+        for run_id in [survivor, *ids[:2]]:
+            assert not [m for m in api.logs(run_id) if any(x in m for x in secrets_)]
+
+        # 8. One's own corpus, only in the DVC remote; the pool reaches nothing but 127.0.0.1.
+        own = add_own_corpus(origin, tmp_path, s3_remote, check_env)
+        offline = api.start("rnn-pipeline/pool", {**base, "backend": "torch"})
+        final = api.wait_final([offline])[offline]
+        assert final.state.is_completed(), api.logs(offline)[-20:]
+        assert experiment(origin, final, tmp_path)["params"]["ingest"]["source"] == own
+        print(f"{time.strftime('%X')} own corpus from the remote alone done")
+    finally:
+        saved = home / "state.json"
+        pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None
+        pg_dir = (pg or {}).get("data_dir", "/nonexistent-pg-dir")
+        stopped = pool_cli("down", "--home", str(home), "--purge", env=env)
+        gone = [
+            pid
+            for pid in stack_pids
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
+        assert not gone, f"left running: {gone}"
+        postgres = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if pg_dir in " ".join(p.info["cmdline"] or [])
+        ]
+        assert not postgres, f"postgres left running: {postgres}"
+        assert not Path(pg_dir).exists() and not home.exists()
+        assert "postgres" in stopped["stopped"]
