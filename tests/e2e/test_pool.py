@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -282,249 +283,294 @@ def kill_machine(worker_pids: list[int]) -> list[psutil.Process]:
     return alive
 
 
-def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote, tiny_repro_hashes):
-    home = tmp_path / "stack"
-    origin = make_origin(tmp_path, tiny_params())
+@dataclass
+class Pool:
+    """The stack under test and what its steps share."""
+
+    home: Path
+    origin: Path
+    tmp: Path
+    s3: dict[str, str]
+    env: dict[str, str]  # the stack's: offline, with the S3 keys
+    check_env: dict[str, str]  # the test's own DVC calls
+    up: list[str]
+    api: Api | None = None
+    state: dict = field(default_factory=dict)
+    stack_pids: list[int] = field(default_factory=list)
+    base: dict = field(default_factory=lambda: {"params_file": "params.yaml", "fan_out": True})
+
+    def reload(self) -> None:
+        self.state = json.loads((self.home / "state.json").read_text())
+        self.stack_pids = [self.state["server_pid"], *self.state["workers"].values()]
+
+
+def new_pool(tmp_path: Path, s3_remote: dict[str, str]) -> Pool:
+    home, port = tmp_path / "stack", free_port()
+    up = ["up", "--home", str(home), "--workers", "2", "--slots", "1", "--port", str(port),
+          "--heartbeat", str(HEARTBEAT_S), "--zombie-after", str(ZOMBIE_AFTER_S),
+          "--origin", str(make_origin(tmp_path, tiny_params())),
+          "--remote", s3_remote["RNN_DVC_REMOTE"],
+          "--remote-endpoint", s3_remote["RNN_DVC_REMOTE_ENDPOINT"]]  # fmt: skip
     env = clean_env({**{k: v for k, v in s3_remote.items() if k.startswith("AWS_")}, **OFFLINE})
-    port = free_port()
-    up = [
-        "up",
-        "--home",
-        str(home),
-        "--workers",
-        "2",
-        "--slots",
-        "1",
-        "--port",
-        str(port),
-        "--heartbeat",
-        str(HEARTBEAT_S),
-        "--zombie-after",
-        str(ZOMBIE_AFTER_S),
-        "--origin",
-        str(origin),
-        "--remote",
-        s3_remote["RNN_DVC_REMOTE"],
-        "--remote-endpoint",
-        s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
-    ]
-    check_env = clean_env(s3_remote)
-    stack_pids: list[int] = []
-    try:
-        status = pool_cli(*up, env=env)
-        assert status["db"] == "postgres" and status["postgres"] and status["server"]
-        assert status["workers"] == {name: True for name in MACHINE_WORKERS}
-        first = json.loads((home / "state.json").read_text())["workers"]
-        assert pool_cli(*up, env=env)["workers"] == status["workers"]  # idempotent:
-        state = json.loads((home / "state.json").read_text())
-        assert state["workers"] == first  # the running workers were left alone
-        stack_pids = [state["server_pid"], *state["workers"].values()]
-        api = Api(status["api"], state["auth_string"])
-        assert state["auth_string"] and stat.S_IMODE((home / "stack.env").stat().st_mode) == 0o600
+    origin = Path(up[up.index("--origin") + 1])
+    return Pool(home, origin, tmp_path, s3_remote, env, clean_env(s3_remote), up)
 
-        print(f"{time.strftime('%X')} stack up")
-        # 1. Two pipelines at once, each fanned out over both workers.
-        base = {"params_file": "params.yaml", "fan_out": True}
-        ids = {  # the second narrowed to PyTorch: fewer TensorFlow start-ups on two cores
-            1.0: api.start("rnn-pipeline/pool", base),
-            2.0: api.start(
-                "rnn-pipeline/pool",
-                {**base, "backend": "torch", "overrides": {"train": {"lr": 2.0}}},
-            ),
-        }
-        runs = api.wait_final(list(ids.values()))
-        for run in runs.values():
-            assert run.state.is_completed(), (run.state, api.logs(str(run.id))[-20:])
-        trains = api.train_runs()
-        assert len(trains) == 6 and all(r.state.is_completed() for r in trains)
-        assert {api.machine_of(str(r.id)) for r in trains} == {"worker-1", "worker-2"}
-        print(f"{time.strftime('%X')} two pipelines done")
-        recorded = {lr: experiment(origin, runs[i], tmp_path) for lr, i in ids.items()}
-        assert len(recorded[1.0]["hashes"]) == 4
-        assert recorded[2.0]["params"]["train"]["lr"] == 2.0
-        assert len(recorded[2.0]["hashes"]) == 2
-        for path, digest in recorded[2.0]["hashes"].items():
-            assert recorded[1.0]["hashes"][path] != digest  # another lr, other weights
-        assert recorded[1.0]["hashes"] == {
-            k: v for k, v in tiny_repro_hashes.items() if k.startswith("data/models/")
-        }
-        print(f"{time.strftime('%X')} repro compared")
-        # 2. A machine dies mid-training; its training resumes on the other one.
-        slow = {"train": {"epochs": SLOW_EPOCHS, "checkpoint_every": 10, "lr": 0.7}}
-        parent = api.start("rnn-pipeline/pool", {**base, "backend": "torch", "overrides": slow})
-        victim, deadline = None, time.monotonic() + 300
-        while victim is None:
-            assert time.monotonic() < deadline, "no training reached epoch 20 on a worker"
-            time.sleep(1)
-            parent_machine = api.machine_of(parent)
-            for r in api.children(parent) if parent_machine else []:
-                machine = api.machine_of(str(r.id))
-                if machine not in (None, parent_machine) and api.epochs_done(str(r.id)) >= 20:
-                    victim = (r, machine)
-        dead_run, dead_machine = victim
-        assert api.run(str(dead_run.id)).state.is_running()
-        killed_at = time.monotonic()
-        assert not kill_machine(
-            [state["workers"][dead_machine], state["workers"][f"{dead_machine}-pipelines"]]
-        )
-        while not api.run(str(dead_run.id)).state.is_crashed():
-            assert time.monotonic() - killed_at < CRASH_BOUND_S, api.run(str(dead_run.id)).state
-            time.sleep(1)
-        crashed_after = time.monotonic() - killed_at
-        print(f"flow run on the killed machine Crashed after {crashed_after:.0f} s")
-        final = api.wait_final([parent])[parent]
-        assert final.state.is_completed(), api.logs(parent)[-20:]
-        reruns = [
-            r for r in api.children(parent) if r.name == dead_run.name and r.id != dead_run.id
-        ]
-        assert reruns and reruns[-1].state.is_completed()
-        rerun_logs = api.logs(str(reruns[-1].id))
-        assert api.machine_of(str(reruns[-1].id)) != dead_machine
-        resumed = [
-            int(m.split("resumed from epoch ")[1].split(",")[0])
-            for m in rerun_logs
-            if "resumed from epoch " in m
-        ]
-        assert resumed and resumed[0] >= 20, rerun_logs[-10:]
-        killed = experiment(origin, final, tmp_path)
-        run = dead_run.name.removeprefix(f"{api.run(parent).name}-")
-        stage = f"train@{run}"
-        uninterrupted = dvc_repro_hashes(origin, killed["params"], stage, tmp_path, check_env)
-        assert killed["hashes"][f"data/models/{run}"] == uninterrupted[f"data/models/{run}"]
 
-        print(f"{time.strftime('%X')} resumed run compared")
-        # 3. The dead machine comes back; retraining promotes where every machine sees it.
-        assert pool_cli(*up, env=env)["workers"] == {name: True for name in MACHINE_WORKERS}
-        state = json.loads((home / "state.json").read_text())
-        stack_pids = [state["server_pid"], *state["workers"].values()]
-        retrain = api.start("rnn-retrain/weekly", {"backend": "torch", "fan_out": True})
-        done = api.wait_final([retrain])[retrain]
-        assert done.state.is_completed(), api.logs(retrain)[-20:]
-        promoter = api.machine_of(retrain)
-        tags = git("ls-remote", str(origin), "refs/tags/promoted/*", cwd=tmp_path)
-        assert {line.rsplit("/", 1)[1] for line in tags.split("\n") if line} == {
-            "torch-scratch-rnn",
-            "torch-concise-rnn",
-        }
-        other = next(m for m in ("worker-1", "worker-2") if m != promoter)
-        view = home / "machines" / other / "view"
-        git("clone", "-q", str(origin), str(view), cwd=view.parent)
-        git("fetch", "-q", "origin", "refs/tags/promoted/*:refs/tags/promoted/*", cwd=view)
-        git("checkout", "-q", "promoted/torch-concise-rnn", cwd=view)
-        sh = {"cwd": view, "env": check_env, "check": True, "capture_output": True}
-        subprocess.run(
-            ["dvc", "remote", "add", "--local", "-d", "s3", s3_remote["RNN_DVC_REMOTE"]], **sh
-        )
-        subprocess.run(
-            [
-                "dvc",
-                "remote",
-                "modify",
-                "--local",
-                "s3",
-                "endpointurl",
-                s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
-            ],
-            **sh,
-        )
-        subprocess.run(["dvc", "pull", "-q", "train@torch-concise-rnn"], **sh)
-        record = json.loads((view / "data/models/torch-concise-rnn/run.json").read_text())
-        assert record["variant"] == "concise"
-        evaluated = json.loads((view / "data/eval/torch-concise-rnn/eval.json").read_text())
-        assert evaluated["run"] == "torch-concise-rnn"
+def step(what: str) -> None:
+    print(f"{time.strftime('%X')} {what}", flush=True)
 
-        # 4. The API wants its credential: refused without it, served with it.
-        assert api.status("/flow_runs/filter", None) == 401
-        assert api.status("/flow_runs/filter", "rnn:not-the-secret") == 401
-        assert api.status("/flow_runs/filter", state["auth_string"]) == 200
-        print(f"{time.strftime('%X')} auth checked")
 
-        # 5. The server, then the database, restarted under a pipeline that trains.
-        # trained inside the pipeline's own flow run (not fanned out), long enough (~2 min)
-        # to outlast both restarts
-        slow_here = {"train": {"epochs": 4 * SLOW_EPOCHS, "checkpoint_every": 20, "lr": 0.8}}
-        survivor = api.start(
+def stack_comes_up_once(pool: Pool) -> None:
+    """`pool up` starts PostgreSQL, the server and four workers; run again, it leaves them be."""
+    status = pool_cli(*pool.up, env=pool.env)
+    assert status["db"] == "postgres" and status["postgres"] and status["server"]
+    assert status["workers"] == {name: True for name in MACHINE_WORKERS}
+    first = json.loads((pool.home / "state.json").read_text())["workers"]
+    assert pool_cli(*pool.up, env=pool.env)["workers"] == status["workers"]  # idempotent:
+    pool.reload()
+    assert pool.state["workers"] == first  # the running workers were left alone
+    pool.api = Api(status["api"], pool.state["auth_string"])
+    assert pool.state["auth_string"]
+    assert stat.S_IMODE((pool.home / "stack.env").stat().st_mode) == 0o600
+
+
+def two_pipelines_fan_out_over_both_workers(pool: Pool, tiny_repro_hashes: dict) -> None:
+    """Each pipeline's grid trains on both workers; the models hash as `dvc repro`'s."""
+    api, base = pool.api, pool.base
+    ids = {  # the second narrowed to PyTorch: fewer TensorFlow start-ups on two cores
+        1.0: api.start("rnn-pipeline/pool", base),
+        2.0: api.start(
             "rnn-pipeline/pool",
-            {"params_file": "params.yaml", "backend": "torch", "variant": "scratch",
-             "fan_out": False, "overrides": slow_here},
-        )  # fmt: skip
-        wait_until(lambda: api.epochs_done(survivor) >= 10, 300, "training before the restarts")
-        assert not kill_machine([state["server_pid"]])  # the server and its children
-        workers_before = state["workers"]
-        assert pool_cli(*up, env=env)["server"]  # `pool up` starts what is not running
-        state = json.loads((home / "state.json").read_text())
-        assert state["workers"] == workers_before  # and leaves the workers (and their runs) be
-        stack_pids = [state["server_pid"], *state["workers"].values()]
-        print(f"{time.strftime('%X')} server restarted")
-        cluster = Cluster(**{**state["pg"], "data_dir": Path(state["pg"]["data_dir"])})
-        cluster.stop()
-        cluster.start()
-        print(f"{time.strftime('%X')} database restarted")
-        # The run rides out both restarts: its process lives on the worker, its client retries
-        # while the server or the database is away, and it completes within a bound.
-        outcome = api.wait_final([survivor], timeout=RESTART_BOUND_S)[survivor]
-        assert outcome.state.is_completed(), (outcome.state, api.logs(survivor)[-20:])
-        assert api.epochs_done(survivor) == 4 * SLOW_EPOCHS  # its last epoch's line reached the API
-        print(f"{time.strftime('%X')} the pipeline completed across the restarts")
+            {**base, "backend": "torch", "overrides": {"train": {"lr": 2.0}}},
+        ),
+    }
+    runs = api.wait_final(list(ids.values()))
+    for run in runs.values():
+        assert run.state.is_completed(), (run.state, api.logs(str(run.id))[-20:])
+    trains = api.train_runs()
+    assert len(trains) == 6 and all(r.state.is_completed() for r in trains)
+    assert {api.machine_of(str(r.id)) for r in trains} == {"worker-1", "worker-2"}
+    step("two pipelines done")
+    recorded = {lr: experiment(pool.origin, runs[i], pool.tmp) for lr, i in ids.items()}
+    assert len(recorded[1.0]["hashes"]) == 4
+    assert recorded[2.0]["params"]["train"]["lr"] == 2.0
+    assert len(recorded[2.0]["hashes"]) == 2
+    for path, digest in recorded[2.0]["hashes"].items():
+        assert recorded[1.0]["hashes"][path] != digest  # another lr, other weights
+    assert recorded[1.0]["hashes"] == {
+        k: v for k, v in tiny_repro_hashes.items() if k.startswith("data/models/")
+    }
 
-        # 6. A bounded soak: 8 tiny trainings queued at once over the two workers, 4 learning
-        #    rates twice each; every one completes, with its twin's result only (a twin that
-        #    starts after the other finished restores it from the run-cache instead of training).
-        rates = [round(0.55 + 0.1 * i, 2) for i in range(4)] * 2  # none trained before
-        soak = {}
-        for lr in rates:
-            params = tiny_params(lr)
-            soak.setdefault(lr, []).append(
-                api.start(
-                    "rnn-train/default",
-                    {"backend": "torch", "variant": "scratch", "model": "rnn", "params": params},
-                )
+
+def training_on_a_dead_machine(pool: Pool, parent: str):
+    """The first training of ``parent``'s that reaches epoch 20 on a worker other than the
+    parent's own; returns (its run, its machine)."""
+    api, deadline = pool.api, time.monotonic() + 300
+    while True:
+        assert time.monotonic() < deadline, "no training reached epoch 20 on a worker"
+        time.sleep(1)
+        parent_machine = api.machine_of(parent)
+        for r in api.children(parent) if parent_machine else []:
+            machine = api.machine_of(str(r.id))
+            if machine not in (None, parent_machine) and api.epochs_done(str(r.id)) >= 20:
+                return r, machine
+
+
+def a_dead_machines_training_resumes_on_the_other(pool: Pool) -> None:
+    """A machine killed mid-training: its run ends Crashed within the bound, the training runs
+    again on the other worker from the pushed checkpoint, byte-identical to an uninterrupted
+    run."""
+    api, state = pool.api, pool.state
+    slow = {"train": {"epochs": SLOW_EPOCHS, "checkpoint_every": 10, "lr": 0.7}}
+    parent = api.start("rnn-pipeline/pool", {**pool.base, "backend": "torch", "overrides": slow})
+    dead_run, dead_machine = training_on_a_dead_machine(pool, parent)
+    assert api.run(str(dead_run.id)).state.is_running()
+    killed_at = time.monotonic()
+    assert not kill_machine(
+        [state["workers"][dead_machine], state["workers"][f"{dead_machine}-pipelines"]]
+    )
+    while not api.run(str(dead_run.id)).state.is_crashed():
+        assert time.monotonic() - killed_at < CRASH_BOUND_S, api.run(str(dead_run.id)).state
+        time.sleep(1)
+    print(f"flow run on the killed machine Crashed after {time.monotonic() - killed_at:.0f} s")
+    final = api.wait_final([parent])[parent]
+    assert final.state.is_completed(), api.logs(parent)[-20:]
+    reruns = [r for r in api.children(parent) if r.name == dead_run.name and r.id != dead_run.id]
+    assert reruns and reruns[-1].state.is_completed()
+    rerun_logs = api.logs(str(reruns[-1].id))
+    assert api.machine_of(str(reruns[-1].id)) != dead_machine
+    resumed = [
+        int(m.split("resumed from epoch ")[1].split(",")[0])
+        for m in rerun_logs
+        if "resumed from epoch " in m
+    ]
+    assert resumed and resumed[0] >= 20, rerun_logs[-10:]
+    killed = experiment(pool.origin, final, pool.tmp)
+    run = dead_run.name.removeprefix(f"{api.run(parent).name}-")
+    stage = f"train@{run}"
+    uninterrupted = dvc_repro_hashes(pool.origin, killed["params"], stage, pool.tmp, pool.check_env)
+    assert killed["hashes"][f"data/models/{run}"] == uninterrupted[f"data/models/{run}"]
+
+
+def retraining_promotes_where_every_machine_sees_it(pool: Pool) -> None:
+    """`pool up` brings the dead machine back; the retrain deployment promotes on one worker and
+    the other machine fetches the promoted model from origin and the remote."""
+    api = pool.api
+    assert pool_cli(*pool.up, env=pool.env)["workers"] == {n: True for n in MACHINE_WORKERS}
+    pool.reload()
+    retrain = api.start("rnn-retrain/weekly", {"backend": "torch", "fan_out": True})
+    done = api.wait_final([retrain])[retrain]
+    assert done.state.is_completed(), api.logs(retrain)[-20:]
+    promoter = api.machine_of(retrain)
+    tags = git("ls-remote", str(pool.origin), "refs/tags/promoted/*", cwd=pool.tmp)
+    assert {line.rsplit("/", 1)[1] for line in tags.split("\n") if line} == {
+        "torch-scratch-rnn",
+        "torch-concise-rnn",
+    }
+    other = next(m for m in ("worker-1", "worker-2") if m != promoter)
+    view = pool.home / "machines" / other / "view"
+    git("clone", "-q", str(pool.origin), str(view), cwd=view.parent)
+    git("fetch", "-q", "origin", "refs/tags/promoted/*:refs/tags/promoted/*", cwd=view)
+    git("checkout", "-q", "promoted/torch-concise-rnn", cwd=view)
+    sh = {"cwd": view, "env": pool.check_env, "check": True, "capture_output": True}
+    remote, endpoint = pool.s3["RNN_DVC_REMOTE"], pool.s3["RNN_DVC_REMOTE_ENDPOINT"]
+    subprocess.run(["dvc", "remote", "add", "--local", "-d", "s3", remote], **sh)
+    subprocess.run(["dvc", "remote", "modify", "--local", "s3", "endpointurl", endpoint], **sh)
+    subprocess.run(["dvc", "pull", "-q", "train@torch-concise-rnn"], **sh)
+    record = json.loads((view / "data/models/torch-concise-rnn/run.json").read_text())
+    assert record["variant"] == "concise"
+    evaluated = json.loads((view / "data/eval/torch-concise-rnn/eval.json").read_text())
+    assert evaluated["run"] == "torch-concise-rnn"
+
+
+def the_api_wants_its_credential(pool: Pool) -> None:
+    """Refused without the credential or with a wrong one, served with it."""
+    api = pool.api
+    assert api.status("/flow_runs/filter", None) == 401
+    assert api.status("/flow_runs/filter", "rnn:not-the-secret") == 401
+    assert api.status("/flow_runs/filter", pool.state["auth_string"]) == 200
+
+
+def a_pipeline_rides_out_server_and_database_restarts(pool: Pool) -> str:
+    """A pipeline training in its own flow run (long enough, ~2 min, to outlast both restarts)
+    completes after the server, then the database, restarted; `pool up` leaves the workers be.
+    Returns the run's id."""
+    api = pool.api
+    slow_here = {"train": {"epochs": 4 * SLOW_EPOCHS, "checkpoint_every": 20, "lr": 0.8}}
+    survivor = api.start(
+        "rnn-pipeline/pool",
+        {"params_file": "params.yaml", "backend": "torch", "variant": "scratch",
+         "fan_out": False, "overrides": slow_here},
+    )  # fmt: skip
+    wait_until(lambda: api.epochs_done(survivor) >= 10, 300, "training before the restarts")
+    assert not kill_machine([pool.state["server_pid"]])  # the server and its children
+    workers_before = pool.state["workers"]
+    assert pool_cli(*pool.up, env=pool.env)["server"]  # `pool up` starts what is not running
+    pool.reload()
+    assert pool.state["workers"] == workers_before  # and leaves the workers (and their runs) be
+    step("server restarted")
+    pg = pool.state["pg"]
+    cluster = Cluster(**{**pg, "data_dir": Path(pg["data_dir"])})
+    cluster.stop()
+    cluster.start()
+    step("database restarted")
+    # its process lives on the worker, its client retries while the server or the database is
+    # away, and it completes within a bound
+    outcome = api.wait_final([survivor], timeout=RESTART_BOUND_S)[survivor]
+    assert outcome.state.is_completed(), (outcome.state, api.logs(survivor)[-20:])
+    assert api.epochs_done(survivor) == 4 * SLOW_EPOCHS  # its last epoch's line reached the API
+    return survivor
+
+
+def a_soak_of_eight_trainings_completes(pool: Pool) -> list[str]:
+    """8 tiny trainings queued at once over the two workers, 4 learning rates twice each: every
+    one completes, with its twin's result only (a twin that starts after the other finished
+    restores it from the run-cache instead of training). Returns their run ids."""
+    api = pool.api
+    rates = [round(0.55 + 0.1 * i, 2) for i in range(4)] * 2  # none trained before
+    soak: dict[float, list[str]] = {}
+    for lr in rates:
+        params = tiny_params(lr)
+        soak.setdefault(lr, []).append(
+            api.start(
+                "rnn-train/default",
+                {"backend": "torch", "variant": "scratch", "model": "rnn", "params": params},
             )
-        ids = [i for pair in soak.values() for i in pair]
-        finals = api.wait_final(ids)
-        assert all(r.state.is_completed() for r in finals.values()), {
-            i: r.state for i, r in finals.items() if not r.state.is_completed()
-        }
-        results = {lr: {api.final_ppl(i) for i in pair} - {None} for lr, pair in soak.items()}
-        assert all(len(ppl) == 1 for ppl in results.values()), results  # twins agree
-        assert len({next(iter(ppl)) for ppl in results.values()}) == len(results)  # rates differ
-        assert {api.machine_of(i) for i in ids} == {"worker-1", "worker-2"}
-        # none left running or pending (the weekly deployment's future runs are only scheduled)
-        assert not [r for r in api.all_runs() if r.state.is_running() or r.state.is_pending()]
-        print(f"{time.strftime('%X')} soak of {len(ids)} runs done")
-
-        # 7. Secrets (the API credential, the S3 secret key) are in no output anywhere.
-        secrets_ = [state["auth_string"], s3_remote["AWS_SECRET_ACCESS_KEY"]]
-        leaks = secrets_in(
-            home, origin, secrets_, exclude={home / "state.json", home / "stack.env"}
         )
-        assert not leaks, leaks
-        for run_id in [survivor, *ids[:2]]:
-            assert not [m for m in api.logs(run_id) if any(x in m for x in secrets_)]
+    ids = [i for pair in soak.values() for i in pair]
+    finals = api.wait_final(ids)
+    assert all(r.state.is_completed() for r in finals.values()), {
+        i: r.state for i, r in finals.items() if not r.state.is_completed()
+    }
+    results = {lr: {api.final_ppl(i) for i in pair} - {None} for lr, pair in soak.items()}
+    assert all(len(ppl) == 1 for ppl in results.values()), results  # twins agree
+    assert len({next(iter(ppl)) for ppl in results.values()}) == len(results)  # rates differ
+    assert {api.machine_of(i) for i in ids} == {"worker-1", "worker-2"}
+    # none left running or pending (the weekly deployment's future runs are only scheduled)
+    assert not [r for r in api.all_runs() if r.state.is_running() or r.state.is_pending()]
+    return ids
 
-        # 8. One's own corpus, only in the DVC remote; the pool reaches nothing but 127.0.0.1.
-        own = add_own_corpus(origin, tmp_path, s3_remote, check_env)
-        offline = api.start("rnn-pipeline/pool", {**base, "backend": "torch"})
-        final = api.wait_final([offline])[offline]
-        assert final.state.is_completed(), api.logs(offline)[-20:]
-        assert experiment(origin, final, tmp_path)["params"]["ingest"]["source"] == own
-        print(f"{time.strftime('%X')} own corpus from the remote alone done")
+
+def no_secret_in_any_output(pool: Pool, run_ids: list[str]) -> None:
+    """The API credential and the S3 secret key are in no file, git object or run log."""
+    secrets_ = [pool.state["auth_string"], pool.s3["AWS_SECRET_ACCESS_KEY"]]
+    home = pool.home
+    leaks = secrets_in(
+        home, pool.origin, secrets_, exclude={home / "state.json", home / "stack.env"}
+    )
+    assert not leaks, leaks
+    for run_id in run_ids:
+        assert not [m for m in pool.api.logs(run_id) if any(x in m for x in secrets_)]
+
+
+def own_corpus_from_the_remote_alone(pool: Pool) -> None:
+    """A corpus of one's own, only in the DVC remote; the pool reaches nothing but 127.0.0.1."""
+    own = add_own_corpus(pool.origin, pool.tmp, pool.s3, pool.check_env)
+    offline = pool.api.start("rnn-pipeline/pool", {**pool.base, "backend": "torch"})
+    final = pool.api.wait_final([offline])[offline]
+    assert final.state.is_completed(), pool.api.logs(offline)[-20:]
+    assert experiment(pool.origin, final, pool.tmp)["params"]["ingest"]["source"] == own
+
+
+def everything_started_is_stopped(pool: Pool) -> None:
+    """`pool down --purge` stops the server, the workers and PostgreSQL, and removes the home."""
+    saved = pool.home / "state.json"
+    pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None
+    pg_dir = (pg or {}).get("data_dir", "/nonexistent-pg-dir")
+    stopped = pool_cli("down", "--home", str(pool.home), "--purge", env=pool.env)
+    gone = [
+        pid
+        for pid in pool.stack_pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not gone, f"left running: {gone}"
+    postgres = [
+        p for p in psutil.process_iter(["cmdline"]) if pg_dir in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not postgres, f"postgres left running: {postgres}"
+    assert not Path(pg_dir).exists() and not pool.home.exists()
+    assert "postgres" in stopped["stopped"]
+
+
+def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote, tiny_repro_hashes):
+    """The steps in order on one stack (each needs the state the one before left)."""
+    pool = new_pool(tmp_path, s3_remote)
+    try:
+        stack_comes_up_once(pool)
+        step("stack up")
+        two_pipelines_fan_out_over_both_workers(pool, tiny_repro_hashes)
+        step("repro compared")
+        a_dead_machines_training_resumes_on_the_other(pool)
+        step("resumed run compared")
+        retraining_promotes_where_every_machine_sees_it(pool)
+        the_api_wants_its_credential(pool)
+        step("auth checked")
+        survivor = a_pipeline_rides_out_server_and_database_restarts(pool)
+        step("the pipeline completed across the restarts")
+        soak = a_soak_of_eight_trainings_completes(pool)
+        step(f"soak of {len(soak)} runs done")
+        no_secret_in_any_output(pool, [survivor, *soak[:2]])
+        own_corpus_from_the_remote_alone(pool)
+        step("own corpus from the remote alone done")
     finally:
-        saved = home / "state.json"
-        pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None
-        pg_dir = (pg or {}).get("data_dir", "/nonexistent-pg-dir")
-        stopped = pool_cli("down", "--home", str(home), "--purge", env=env)
-        gone = [
-            pid
-            for pid in stack_pids
-            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        ]
-        assert not gone, f"left running: {gone}"
-        postgres = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if pg_dir in " ".join(p.info["cmdline"] or [])
-        ]
-        assert not postgres, f"postgres left running: {postgres}"
-        assert not Path(pg_dir).exists() and not home.exists()
-        assert "postgres" in stopped["stopped"]
+        everything_started_is_stopped(pool)
