@@ -32,10 +32,12 @@ def stop(p: subprocess.Popen, timeout: float = 10) -> None:
         os.killpg(p.pid, signal.SIGKILL)
 
 
-def spawn_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start a background ``cmd`` with its output in ``log``, in a session of its own so that
-    ``stop`` can kill its whole process group."""
-    with log.open("wb") as out:
+def spawn_logged(
+    cmd: list[str], cwd: Path, env: dict[str, str], log: Path, append: bool = False
+) -> subprocess.Popen:
+    """Start a background ``cmd`` with its output in ``log`` (appended to, or anew), in a
+    session of its own so that ``stop`` can kill its whole process group."""
+    with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(
             cmd,
             cwd=cwd,
@@ -79,18 +81,9 @@ def alive(pid: int | None) -> bool:
 
 
 def spawn(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
+    """A stack process (server, worker) logging to ``log`` across restarts; returns its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return proc.pid
+    return spawn_logged(cmd, cwd, env, log, append=True).pid
 
 
 def healthy(url: str) -> bool:
