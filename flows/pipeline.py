@@ -13,7 +13,6 @@ git origin, where any machine can list, compare and restore it.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,13 @@ from flows.plan import (
     Stages,
     adopt_params,
     downstream,
+    machine_name,
     merge,
     run_data_stages,
     stage_names,
 )
 from rnn.config import Params
 from rnn.errors import PipelineError
-from rnn.names import MACHINE_ENV
 from rnn.names import THREADS_ENV as ENGINE_THREADS_ENV
 from rnn.registry import grid
 from rnn.store.lock import workspace_lock
@@ -182,12 +181,7 @@ def _pipeline(
         dvc_sync.fetch_run_cache(ws.root)
     names = stage_names(runs)
     plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), names) if tracked else None)
-    logger.info(
-        "pipeline on machine %s in %s; code %s",
-        os.environ.get(MACHINE_ENV, socket.gethostname()),
-        ws.root,
-        Path(rnn.__file__).parent,
-    )
+    logger.info("pipeline on machine %s in %s; code %s", machine_name(), ws.root, code_dir())
 
     pdict, root = params.model_dump(), str(ws.root)
     run_data_stages(plan, ws, pdict)
@@ -203,29 +197,42 @@ def _pipeline(
         "runs": [r["run"] for r in rows],
         "report": rows,
         "workspace": root,
-        "code": str(Path(rnn.__file__).parent),
+        "code": str(code_dir()),
         "trained": trained_now,
         "training": training,
         "restored": plan.restored,
-        "experiment": None,
     }
-    if tracked:
-        done = [*DATA_STAGES, *names["train"], *names["evaluate"], "report"]
-        ran = [s for s in done if plan.needs_work(s)]
-        dvc_sync.commit(ws.root, ran)
-        logger.info("dvc.lock updated for %d stages", len(ran))
-        if shared:
-            logger.info("dvc push: %s", dvc_sync.push(ws.root, done))
-            collect_finished(ws.root, params, runs)  # the models are pushed: nothing resumes
-        if record and shared:
-            result["experiment"] = experiment_name()
-            pushed = dvc_sync.record_experiment(ws.root, result["experiment"], done)
-            logger.info(
-                "recorded as experiment %s%s",
-                result["experiment"],
-                " in git origin" if pushed else " (no git origin to push it to)",
-            )
+    result["experiment"] = (
+        _record(ws, params, runs, names, plan, shared, record) if tracked else None
+    )
     return result
+
+
+def code_dir() -> Path:
+    """The library this flow run imported: which checkout's code ran."""
+    return Path(rnn.__file__).parent
+
+
+def _record(ws: Workspace, params, runs, names, plan: Stages, shared: bool, record: bool):
+    """What a run in a DVC repository leaves behind: dvc.lock for the stages it ran, and with a
+    shared remote the outputs pushed, finished checkpoints collected and (``record``) the run
+    recorded as a DVC experiment in git origin; returns the experiment's name, if any."""
+    logger = get_run_logger()
+    done = [*DATA_STAGES, *names["train"], *names["evaluate"], "report"]
+    ran = [s for s in done if plan.needs_work(s)]
+    dvc_sync.commit(ws.root, ran)
+    logger.info("dvc.lock updated for %d stages", len(ran))
+    if not shared:
+        return None
+    logger.info("dvc push: %s", dvc_sync.push(ws.root, done))
+    collect_finished(ws.root, params, runs)  # the models are pushed: nothing resumes
+    if not record:
+        return None
+    name = experiment_name()
+    pushed = dvc_sync.record_experiment(ws.root, name, done)
+    where = " in git origin" if pushed else " (no git origin to push it to)"
+    logger.info("recorded as experiment %s%s", name, where)
+    return name
 
 
 def experiment_name() -> str:
