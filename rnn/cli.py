@@ -161,13 +161,11 @@ ModelOpt = Annotated[
 def run_key(params: Params, backend: str, variant: str, model: str | None) -> RunKey:
     """The run these options name; unknown names fail with the valid choices."""
     from rnn.backends.engine import backend_module
-    from rnn.registry import IMPLEMENTATIONS
+    from rnn.registry import VARIANTS
 
     backend_module(backend)  # an unknown or missing backend fails here, in one line
-    if variant not in IMPLEMENTATIONS:
-        raise PipelineError(
-            f"unknown variant {variant!r}", f"choose one of {', '.join(IMPLEMENTATIONS)}"
-        )
+    if variant not in VARIANTS:
+        raise PipelineError(f"unknown variant {variant!r}", f"choose one of {', '.join(VARIANTS)}")
     name = model or params.train.models[0]
     params.model(name)  # an unknown model fails here, listing the defined ones
     return RunKey(backend, variant, name)

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rnn.errors import PipelineError
-from rnn.registry import BACKENDS, IMPLEMENTATIONS, Backend, CellName, Implementation
+from rnn.registry import BACKENDS, VARIANTS, Backend, CellName, Variant
 
 TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -104,20 +104,20 @@ ModelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
 class ModelConfig(StrictModel):
-    """A named architecture (a ``models`` entry); the grid trains it in every implementation."""
+    """A named architecture (a ``models`` entry); the grid trains it in every variant."""
 
     cell: CellName = "rnn"
-    # One size for every implementation, or one per implementation (the book's table gives the
+    # One size for every variant, or one per variant (the book's table gives the
     # scratch RNN 512 units and the concise one 256).
-    num_hiddens: PositiveInt | dict[Implementation, PositiveInt] = 256
+    num_hiddens: PositiveInt | dict[Variant, PositiveInt] = 256
     num_layers: PositiveInt = 1
     # Dropout on each layer's output (between stacked layers and before the output layer) while
     # training; 0 = none (the book's).
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    # How weights start: ``default`` is each implementation's own (scratch: the book's N(0, 0.01)
+    # How weights start: ``default`` is each variant's own (scratch: the book's N(0, 0.01)
     # and zero biases; concise: the framework's, uniform +-1/sqrt(H) in PyTorch, Glorot and
     # orthogonal in Keras); ``uniform`` draws every weight and bias from PyTorch's
-    # U(-1/sqrt(H), 1/sqrt(H)) in every implementation, so the frameworks start alike.
+    # U(-1/sqrt(H), 1/sqrt(H)) in every variant, so the frameworks start alike.
     init: Literal["default", "uniform"] = "default"
 
     def hiddens(self, variant: str) -> int:
@@ -161,7 +161,7 @@ class ScheduleConfig(StrictModel):
 
 class TrainConfig(StrictModel):
     backends: list[Backend] = Field(default_factory=lambda: list(BACKENDS))
-    variants: list[Implementation] = Field(default_factory=lambda: list(IMPLEMENTATIONS))
+    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS))
     models: list[ModelName] = Field(default_factory=lambda: ["rnn"])  # names from ``models``
     epochs: PositiveInt = 500
     lr: Annotated[float, Field(gt=0)] = 1.0

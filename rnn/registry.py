@@ -1,4 +1,4 @@
-"""The one table of what can be trained: backends, implementations and cells.
+"""The one table of what can be trained: backends, variants and cells.
 
 The parameter models validate against it (``rnn/config.py``), the engines dispatch on it
 (``rnn/backends/engine.py``), ``dvc.yaml``'s matrix and the flows' fan-out expand the grid it defines
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 BACKENDS = ("torch", "tf")
-IMPLEMENTATIONS = ("scratch", "concise")  # the chapter's two ways of writing a model: "variants"
+VARIANTS = ("scratch", "concise")  # the chapter's two ways of writing a model
 
 Backend = Literal["torch", "tf"]
-Implementation = Literal["scratch", "concise"]
+Variant = Literal["scratch", "concise"]
 CellName = Literal["rnn", "gru", "lstm"]
 
 
@@ -43,7 +43,7 @@ CELLS: dict[str, Cell] = {
 
 @dataclass(frozen=True, order=True)
 class RunKey:
-    """One cell of the grid: a backend, an implementation and a named model (``params.models``)."""
+    """One cell of the grid: a backend, an variant and a named model (``params.models``)."""
 
     backend: str
     variant: str
@@ -56,5 +56,5 @@ class RunKey:
 
 
 def grid(backends: list[str], variants: list[str], models: list[str]) -> list[RunKey]:
-    """Every backend x implementation x model, in the order of dvc.yaml's matrix."""
+    """Every backend x variant x model, in the order of dvc.yaml's matrix."""
     return [RunKey(b, v, m) for b in backends for v in variants for m in models]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from rnn.backends.world import SINGLE, World
 from rnn.config import OptimizerConfig, Params
 from rnn.errors import PipelineError
-from rnn.registry import BACKENDS, CELLS, IMPLEMENTATIONS
+from rnn.registry import BACKENDS, CELLS, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for what, value, known in (
             ("backend", self.backend, BACKENDS),
-            ("variant", self.variant, IMPLEMENTATIONS),
+            ("variant", self.variant, VARIANTS),
             ("cell", self.cell, CELLS),
         ):
             if value not in known:

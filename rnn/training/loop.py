@@ -1,4 +1,4 @@
-"""Stage 4, train: one backend x implementation x model on the train split -> weights, record,
+"""Stage 4, train: one backend x variant x model on the train split -> weights, record,
 metrics.
 
 Outputs (model directory: deterministic, so a repeated CPU run hashes the same):
