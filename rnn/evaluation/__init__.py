@@ -1,1 +1,1 @@
-"""evaluation"""
+"""Evaluating a trained model (perplexities, generation) and the report that compares runs."""
