@@ -21,6 +21,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test corpora not found under {CORPORA}; set RNN_SHARED")
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one test process more than the cores this process may use (at most 4): the
+    end-to-end tests spend most of their time waiting on servers, heartbeats and training
+    subprocesses, and a spare process keeps the cores busy meanwhile."""
+    return min(4, len(os.sched_getaffinity(0)) + 1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (end-to-end, then integration, then unit; within a tier, tests marked
     slow first), so that test processes running side by side (pytest-xdist) finish together
