@@ -21,23 +21,17 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test corpora not found under {CORPORA}; set RNN_SHARED")
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: one test process more than the cores this process may use (at most 4): the
-    end-to-end tests spend most of their time waiting on servers, heartbeats and training
-    subprocesses, and a spare process keeps the cores busy meanwhile."""
-    return min(4, len(os.sched_getaffinity(0)) + 1)
-
-
-# The end-to-end modules, longest first (minutes each on 2 cores: pool 11, flows 12 over 7
-# tests, machines 6, e2e 1, data_parallel 5 over many short tests).
+# The end-to-end modules, longest first (on 2 cores: pool 10 minutes, flows 12 over 7 tests,
+# machines 6, e2e 1, data_parallel 5 over many short tests).
 E2E_ORDER = ("test_pool", "test_flows", "test_machines", "test_e2e", "test_data_parallel")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest first (end-to-end, then integration, then unit; slow ones first within a tier),
-    dealt round-robin over the test processes: pytest-xdist's worksteal hands each process a
-    contiguous slice of this list to start with, so sorted alone, one process would get every
-    end-to-end test and run them one after another while the others finish the short ones."""
+    """Longest first: end-to-end (the pool's test first), then integration, then unit, slow ones
+    first within a tier, so that the test processes side by side (pytest-xdist) finish together
+    instead of one waiting on a late end-to-end test. (Measured on 2 cores: a third process, or
+    the end-to-end tests dealt out to every process at once, made the suite slower: they are
+    CPU-bound too.)"""
     tiers = {"e2e": 0, "integration": 2, "unit": 4}
 
     def rank(item: pytest.Item) -> tuple[int, int]:
@@ -48,9 +42,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return tier + (0 if slow else 1), order
 
     items.sort(key=rank)
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        items[:] = [item for first in range(workers) for item in items[first::workers]]
 
 
 @pytest.fixture(scope="session")
