@@ -83,13 +83,29 @@ def harness(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_repro_hashes(tmp_path_factory) -> dict[str, str]:
+def tiny_repro_hashes(tmp_path_factory, worker_id) -> dict[str, str]:
     """`dvc repro` with the tiny parameters in a plain clone of an origin: the model and data
-    hashes every workspace, machine and pool run with those parameters must match."""
+    hashes every workspace, machine and pool run with those parameters must match. Computed once
+    per test session, by whichever test process asks first (pytest-xdist's processes share the
+    session's base temporary directory; the other waits on the lock instead of repeating it)."""
+    import json
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base if worker_id == "master" else base.parent) / "tiny-repro-hashes.json"
+    with FileLock(f"{shared}.lock"):
+        if shared.is_file():
+            return json.loads(shared.read_text())
+        hashes = _tiny_repro_hashes(tmp_path_factory.mktemp("plain"))
+        shared.write_text(json.dumps(hashes))
+        return hashes
+
+
+def _tiny_repro_hashes(base) -> dict[str, str]:
     from tests.support.machines import Machine, make_origin, model_hashes
     from tests.support.workspace import tiny_params
 
-    base = tmp_path_factory.mktemp("plain")
     m = Machine(base, make_origin(base, tiny_params()), "http://127.0.0.1:9/api", {})
     checkout = m.clone()
     m.run("dvc", "repro", cwd=checkout)

@@ -9,6 +9,7 @@ sync).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -109,11 +110,17 @@ class Engine:
         self.model.to(self.device)
         self.params = list(self.model.parameters())
         cfg = optim.optimizer
-        self.optimizer = make_optimizer(self.params, cfg, optim.lr)
+        self._optim = optim
         # the book's update alone, p -= lr * g, is one call here: torch.optim's step costs more in
         # its own bookkeeping than the update (a sixth of a millisecond a minibatch)
         self.plain_sgd = cfg.name == "sgd" and cfg.weight_decay == 0
         self.lr, self.theta, self.seed = optim.lr, optim.theta, spec.seed
+
+    @functools.cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Built on first use: evaluation, generation and the book's plain SGD never use it, and
+        torch.optim's first call imports TorchDynamo (~1.5 s of every process's start)."""
+        return make_optimizer(self.params, self._optim.optimizer, self._optim.lr)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
