@@ -130,14 +130,19 @@ def lock_hashes(repo: Path) -> dict[str, str]:
 
 
 def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
+    """`dvc repro`, its metrics, plots, remote and experiments; then the flow reuses what it
+    made, and after the flow `dvc repro` has nothing to do, with the same hashes."""
     first = sh("dvc", "repro", cwd=repo).stdout
     assert "Running stage 'train@torch-scratch-rnn'" in first
     again = sh("dvc", "repro", cwd=repo).stdout
     assert "Running stage" not in again  # nothing to do the second time
     repro_hashes = lock_hashes(repo)
-    # One training parameter changed: only the stages downstream of it rerun.
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(lr=0.5), sort_keys=False))
-    changed = sh("dvc", "repro", cwd=repo).stdout
+    dvc_metrics_and_plots(repo)
+    # One training parameter changed, as an experiment: only the stages downstream of it rerun.
+    changed = sh("dvc", "exp", "run", "-S", "train.lr=0.5", cwd=repo).stdout
+    exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
+    assert "0.5" in exps and "perplexity" in exps
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.5
     ran = {line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage")}
     assert ran == {
         f"{s}@{b}-{v}-rnn"
@@ -158,6 +163,7 @@ def test_dvc_repro_and_flow_are_one_pipeline(harness, repo):
     assert sh("dvc", "status", "--json", cwd=repo).stdout.strip() in ("{}", "")
     assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
     assert lock_hashes(repo) == repro_hashes
+    the_default_remote_takes_a_push_and_gives_it_back(repo)
 
 
 def test_every_cell_through_dvc_repro_and_the_flow(harness, repo):
@@ -223,16 +229,17 @@ def test_data_parallel_through_dvc_repro_and_the_flow(harness, repo):
     assert "Running stage" not in sh("dvc", "repro", cwd=repo).stdout
 
 
-def test_dvc_metrics_plots_experiments_and_remote(repo):
-    sh("dvc", "repro", cwd=repo)
+def dvc_metrics_and_plots(repo: Path) -> None:
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo).stdout)
     assert "train" in json.dumps(metrics) and "perplexity" in json.dumps(metrics)
     sh("dvc", "plots", "show", "-o", "plots_out", cwd=repo)
     assert (repo / "plots_out" / "index.html").is_file()
-    sh("dvc", "exp", "run", "-S", "train.lr=0.5", "evaluate@torch-concise-rnn", cwd=repo)
-    exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
-    assert "0.5" in exps and "perplexity" in exps
-    # The default remote is a local directory: push, drop the cache, pull back.
+    shutil.rmtree(repo / "plots_out")
+
+
+def the_default_remote_takes_a_push_and_gives_it_back(repo: Path) -> None:
+    """The default remote (a local directory): pushed to, then a pull brings back what was
+    deleted, cache and workspace alike."""
     sh("dvc", "push", cwd=repo)
     assert any((repo / ".dvc-remote").rglob("*"))
     shutil.rmtree(repo / ".dvc" / "cache")

@@ -52,9 +52,11 @@ def weights_digests(backend: str, threads: int) -> dict[str, str]:
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_thread_count_changes_no_weight(backend):
     every_core = len(os.sched_getaffinity(0))
-    runs = {t: weights_digests(backend, t) for t in (1, 2, 0)}  # 0: null, every core
+    # 0: null, every core (on a 2-core machine the 2-thread run already is that)
+    counts = (1, 2) if every_core == 2 else (1, 2, 0)
+    runs = {t: weights_digests(backend, t) for t in counts}
     assert set(runs[1]) == {
         f"{v}-{s}" for v in ("scratch", "concise") for s in ("sequential", "random")
     }
     assert runs[2] == runs[1], "2 threads changed the weights"
-    assert runs[0] == runs[1], f"every core ({every_core}) changed the weights"
+    assert runs.get(0, runs[1]) == runs[1], f"every core ({every_core}) changed the weights"
