@@ -15,7 +15,7 @@ import typer
 
 from rnn import exits, stages
 from rnn.config import Params, load_params
-from rnn.errors import PipelineError
+from rnn.errors import PipelineError, TrialPruned
 from rnn.exits import click_exceptions
 from rnn.registry import RunKey, grid
 from rnn.store.lock import workspace_lock
@@ -197,8 +197,11 @@ def train(
         if summary is not None:
             echo_summary(summary)
         return
+    from rnn.search.trial import reporter_from_env
+
+    on_epoch = reporter_from_env()  # a sweep's trial reports each epoch to its study
     with writing(ws, f"train {run.name}"):
-        echo_summary(stages.train_stage(ws, cfg, run, epoch_budget=epoch_budget))
+        echo_summary(stages.train_stage(ws, cfg, run, epoch_budget=epoch_budget, on_epoch=on_epoch))
 
 
 @app.command()
@@ -273,6 +276,37 @@ def repro(ctx: typer.Context, workdir: WorkdirOpt = None) -> None:
     raise typer.Exit(run_repro(ws, list(ctx.args)))
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[
+        Path | None, typer.Option("--sweep", "-s", help="the search [default: WORKDIR/sweep.yaml]")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="end after this many trials [default: sweep.yaml's]")
+    ] = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Search the space of sweep.yaml on this machine: every trial a DVC experiment, the study in
+    sweeps/<study>/ (a rerun continues it), with its report."""
+    from rnn.search.local import run_sweep, sweep_dir
+    from rnn.search.report import write_report
+    from rnn.search.space import SWEEP_FILE, load_sweep
+
+    ws, cfg = open_workspace(workdir, params)
+    search = load_sweep(sweep_file if sweep_file is not None else ws.root / SWEEP_FILE, cfg)
+    result = run_sweep(ws.root, cfg, search, trials, log=lambda line: typer.echo(line, err=True))
+    report = write_report(
+        result.rows,
+        result.study,
+        result.samples,
+        result.importances,
+        sweep_dir(ws.root, search.study) / "report",
+    )
+    echo_summary({"study": result.study, "best": result.best, "trials": result.counts(),
+                  "report": str(report)})  # fmt: skip
+
+
 @app.command("params")
 def show_params(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
     """Validate the parameter file and print it with every default filled in."""
@@ -291,6 +325,8 @@ def main() -> None:  # the `rnn` script and `python -m rnn.cli` alike (pyproject
     except (KeyboardInterrupt, typer.Abort):
         exits.fail(exits.interrupted_line(), exits.INTERRUPTED)
     except Exception as err:
+        if isinstance(err, TrialPruned):
+            exits.fail(f"pruned: {err}", exits.PRUNED)
         line = exits.user_error_line(err)
         if line is not None:
             exits.fail(line, exits.USER_ERROR)

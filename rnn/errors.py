@@ -18,6 +18,17 @@ class PipelineError(Exception):
         return " ".join(f"error: {self.problem}; fix: {self.fix}".split())
 
 
+class TrialPruned(Exception):
+    """A sweep's pruner stopped this training at the end of an epoch (rnn/search/trial.py): not a
+    failure, and nothing of the run was published."""
+
+    def __init__(self, study: str, number: int, epoch: int, value: float) -> None:
+        super().__init__(
+            f"trial {number} of study {study!r} pruned after epoch {epoch} "
+            f"(validation loss {value:.4f} nats)"
+        )
+
+
 # errno -> what to do about it, for the failures of storage a user can fix
 _OS_FIXES = {
     "ENOSPC": "free disk space (or point the workspace at a larger disk), then rerun",

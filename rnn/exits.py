@@ -6,6 +6,8 @@ Exit statuses (docs/reference/errors.md):
 - 0: done.
 - 2: a problem the user can fix: usage, parameters, data, disk, memory, the remote. One line,
   ``error: <problem>; fix: <what to do>``.
+- 3: a sweep's trial stopped by its pruner (rnn/search/trial.py): not a failure, and nothing of
+  the run was published.
 - 70: a bug in this project (an unexpected exception; EX_SOFTWARE in sysexits.h). One line naming
   a file that holds the full traceback; ``rnn --verbose ...`` prints it instead.
 - 130: interrupted (Ctrl-C, SIGINT): what was saved stays, and the same command resumes.
@@ -28,6 +30,7 @@ from rnn.errors import PipelineError, from_os_error
 
 OK = 0
 USER_ERROR = 2
+PRUNED = 3
 BUG = 70
 INTERRUPTED = 130
 PROG = "rnn"  # what the one-line fixes name, whichever way the command was started

@@ -14,6 +14,10 @@ LAUNCHER_ENV = "RNN_DP_LAUNCHER"  # the launcher's pid: it holds the workspace l
 TF_DEVICES_ENV = "RNN_TF_DEVICES"  # one TensorFlow process with this many replicas
 WORKSPACE_HELD_ENV = "RNN_WORKSPACE_HELD"  # the lock file a parent (rnn repro) holds for us
 
+# set by a sweep for the training of one of its trials (rnn/search/trial.py)
+SWEEP_TRIAL_ENV = "RNN_SWEEP_TRIAL"  # the study and trial number, as JSON
+SWEEP_STORAGE_ENV = "RNN_SWEEP_STORAGE"  # the study's storage: a journal file or a database URL
+
 # switches for experiments and tests
 TF_JIT_ENV = "RNN_TF_JIT"  # 1 / 0 forces XLA on / off for every TensorFlow variant
 TORCH_FUSED_ENV = "RNN_TORCH_FUSED"  # 0: the PyTorch gated cells' loops without the C kernels
