@@ -6,7 +6,8 @@ experiment named ``<study>-<trial>`` (``dvc exp show`` lists it; ``dvc exp apply
 repro`` reproduce it), and the training reports each epoch to the study (rnn/search/trial.py). The
 study lives in a journal file, ``sweeps/<study>/journal.log``: a rerun continues it. A trial whose
 sweep died (Ctrl-C, a kill) is marked failed as interrupted and its point is tried again first,
-resuming from its checkpoint, so every point gets one result.
+so every point ends with one result. (The retry trains from epoch 0: a trial's checkpoints live
+in DVC's temporary copy of the workspace, which goes with it.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +46,7 @@ class SweepResult:
     importances: dict[str, float] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for row in self.rows:
-            out[row["state"]] = out.get(row["state"], 0) + 1
-        return out
+        return dict(Counter(row["state"] for row in self.rows))
 
 
 def sweep_dir(root: Path, study: str) -> Path:
@@ -100,7 +99,7 @@ def finished(study) -> int:
 def run_trial(root: Path, sweep: SweepConfig, number: int, point: dict, storage: str):
     """One ``dvc exp run --temp``; returns the completed process. In a process group of its own,
     so that Ctrl-C reaches DVC and the training once, through here, and the sweep waits for them
-    to stop cleanly (the training keeps its checkpoint, DVC removes its temporary copy)."""
+    to stop cleanly (DVC removes its temporary copy)."""
     name = experiment_name(sweep.study, number)
     cmd = [*dvc_command(), "exp", "run", "--temp", "-n", name]
     for key, value in narrowed_point(sweep, point).items():

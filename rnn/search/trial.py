@@ -61,9 +61,11 @@ def epoch_reporter(ref: TrialRef, storage: str):
     from rnn.search.study import EPOCHS_ATTR, SPACE_ATTR, make_pruner, objective, storage_for
 
     store = storage_for(storage)
-    loaded = optuna.load_study(study_name=ref.study, storage=store)
-    sweep = SweepConfig.model_validate(loaded.user_attrs[SPACE_ATTR])
-    epochs = int(loaded.user_attrs.get(EPOCHS_ATTR, 1))
+    # the pruner as the sweep declared it, from the study's attributes (read once, not the
+    # whole study twice)
+    attrs = store.get_study_user_attrs(store.get_study_id_from_name(ref.study))
+    sweep = SweepConfig.model_validate(attrs[SPACE_ATTR])
+    epochs = int(attrs.get(EPOCHS_ATTR, 1))
     study = optuna.load_study(
         study_name=ref.study, storage=store, pruner=make_pruner(sweep, epochs)
     )
