@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, State
 
 from flows.plan import (
     Stages,
@@ -80,16 +81,19 @@ def train_variant(
     params_file: str = "params.yaml",
     code: str | None = None,
     workdir: str | None = None,
-) -> dict[str, Any]:
+    trial: dict[str, Any] | None = None,
+) -> dict[str, Any] | State:
     """Train and evaluate ``backend`` x ``variant`` x ``model`` (default: the first of
     ``train.models``) in this run's workspace. ``params`` (a pipeline run's complete parameters)
-    override ``params_file``; ``code`` is the commit to run."""
+    override ``params_file``; ``code`` is the commit to run. ``trial`` ({"study", "trial"}): the
+    sweep trial this training is (flows/sweep.py); stopped by its pruner, the run ends in a
+    state of its own, Pruned (Completed: nothing failed)."""
     ws = Workspace.at(workdir or Path.cwd())
     with workspace_lock(ws, f"flow run {flow_run.name!r} ({flow_run.id})"):
-        return _train_variant(ws, backend, variant, model, params, params_file, code)
+        return _train_variant(ws, backend, variant, model, params, params_file, code, trial)
 
 
-def _train_variant(ws, backend, variant, model, params, params_file, code) -> dict[str, Any]:
+def _train_variant(ws, backend, variant, model, params, params_file, code, trial):
     logger = get_run_logger()
     machine = machine_name()
     if not dvc_sync.in_dvc_repo(ws.root):
@@ -117,8 +121,10 @@ def _train_variant(ws, backend, variant, model, params, params_file, code) -> di
     on_pool = deployment.id is not None and not reuse
     with training_slot(on_pool, processes=run_params.train.data_parallel):
         trained = with_outputs(train_task, ws.model(run), stale=plan.needs_work(train_stage))(
-            root, pdict, backend, variant, model, share_checkpoints=shared, reuse=reuse
+            root, pdict, backend, variant, model, share_checkpoints=shared, reuse=reuse, trial=trial
         )
+    if "pruned" in trained:
+        return pruned_state(trained)
     if not trained.get("reused"):
         logger.info(
             "%s trained: resumed from epoch %d, %d epochs in %.2f s",
@@ -143,6 +149,20 @@ def _train_variant(ws, backend, variant, model, params, params_file, code) -> di
         "machine": machine,
         "restored": plan.restored,
     }
+
+
+PRUNED = "Pruned"  # the state's name: a sweep's pruner stopped the training
+
+
+def pruned_state(trained: dict[str, Any]) -> State:
+    """A Completed state named Pruned, carrying the epoch and the loss it stopped at (a sweep
+    reads both from its study; the message is for people)."""
+    at = trained["pruned"]
+    return Completed(
+        name=PRUNED,
+        message=f"{trained['run']} pruned after epoch {at['epoch']} "
+        f"(validation loss {at['objective']:.4f} nats)",
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATABASE, USER = "prefect", "prefect"
+SWEEPS_DATABASE = "sweeps"  # the sweeps' Optuna studies (flows/sweep.py), beside Prefect's
 
 
 class StackError(RuntimeError):
@@ -35,6 +36,30 @@ class Cluster:
     @property
     def url(self) -> str:
         return f"postgresql+asyncpg://{USER}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def sweeps_url(self) -> str:
+        """Optuna's RDB storage (synchronous SQLAlchemy, hence psycopg)."""
+        return (
+            f"postgresql+psycopg://{USER}:{self.password}@127.0.0.1:{self.port}/{SWEEPS_DATABASE}"
+        )
+
+    def create_database(self, name: str, timeout_s: float = 30) -> None:
+        """``createdb name`` unless it exists (retried while the server is starting)."""
+        env = {**os.environ, "PGPASSWORD": self.password}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            made = subprocess.run(
+                ["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, name],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            if made.returncode == 0 or "already exists" in made.stderr:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"createdb {name} failed: {made.stderr.strip()[-300:]}")
+            time.sleep(0.5)
 
     def _as_owner(self, *cmd: str) -> list[str]:
         return ["runuser", "-u", self.os_user, "--", *cmd] if self.os_user else list(cmd)
@@ -126,19 +151,7 @@ def create(port: int) -> Cluster:
     cluster.data_dir = data_dir / "db"
     cluster.start()
     env = {**os.environ, "PGPASSWORD": cluster.password}
-    deadline = time.monotonic() + 30
-    while True:
-        made = subprocess.run(
-            ["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if made.returncode == 0 or "already exists" in made.stderr:
-            break
-        if time.monotonic() > deadline:
-            raise StackError(f"createdb failed: {made.stderr.strip()[-300:]}")
-        time.sleep(0.5)
+    cluster.create_database(DATABASE)
     subprocess.run(
         [
             "psql",

@@ -44,6 +44,7 @@ def ensure_database(state: State) -> str | None:
             "password": cluster.password,
             "os_user": cluster.os_user,
         }
+    cluster.create_database(postgres.SWEEPS_DATABASE)  # also in a cluster made before sweeps
     return cluster.url
 
 

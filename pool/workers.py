@@ -8,9 +8,10 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from pool.postgres import Cluster
 from pool.processes import alive, spawn, stop_tree
 from pool.state import BIN, PIPELINE_QUEUE, POOL, TRAINING_QUEUE, Settings, State, base_env
-from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV
+from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV, SWEEP_STORAGE_ENV
 
 
 def machine_workers(settings: Settings, machine: str) -> dict[str, list[str]]:
@@ -65,11 +66,21 @@ def worker_env(state: State, machine: Path) -> dict[str, str]:
         DVC_SITE_CACHE_DIR=str(machine / "home" / "dvc-site-cache"),
         DVC_GLOBAL_CONFIG_DIR=str(machine / "home" / "dvc-config"),
     )
+    # the sweeps' study storage: holds the database password, so workers alone have it
+    env[SWEEP_STORAGE_ENV] = sweeps_storage(state, machine.parent.parent)
     if s.remote:
         env[DVC_REMOTE_ENV] = s.remote
     if s.remote_endpoint:
         env[DVC_REMOTE_ENDPOINT_ENV] = s.remote_endpoint
     return env
+
+
+def sweeps_storage(state: State, home: Path) -> str:
+    """Where the pool's sweeps keep their studies: its PostgreSQL, or beside a SQLite stack."""
+    if state.pg:
+        pg = state.pg
+        return Cluster(Path(pg["data_dir"]), pg["port"], pg["password"], pg["os_user"]).sweeps_url
+    return f"sqlite:///{home / 'sweeps.sqlite'}"
 
 
 def ensure_workers(home: Path, state: State) -> None:

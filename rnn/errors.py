@@ -23,6 +23,7 @@ class TrialPruned(Exception):
     failure, and nothing of the run was published."""
 
     def __init__(self, study: str, number: int, epoch: int, value: float) -> None:
+        self.epoch, self.value = epoch, value
         super().__init__(
             f"trial {number} of study {study!r} pruned after epoch {epoch} "
             f"(validation loss {value:.4f} nats)"

@@ -18,6 +18,7 @@ from prefect.tasks import exponential_backoff
 
 from rnn import stages
 from rnn.config import Params
+from rnn.errors import TrialPruned
 from rnn.registry import RunKey
 from rnn.workspace import Workspace
 from tasks.caching import StageFiles
@@ -132,9 +133,12 @@ def train_task(
     model: str,
     share_checkpoints: bool = False,
     reuse: bool = False,
+    trial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``share_checkpoints``: push every checkpoint to the workspace's DVC remote and resume
-    from the remote's if it is further along than this workspace's."""
+    from the remote's if it is further along than this workspace's. ``trial`` ({"study",
+    "trial"}): a sweep's trial, to which each epoch is reported; when its pruner stops the
+    training, the summary says ``pruned`` (nothing of the run is published)."""
     from rnn.store.record import read_record
 
     ws, run = Workspace(Path(workdir)), RunKey(backend, variant, model)
@@ -152,15 +156,31 @@ def train_task(
         from stores.checkpoints import RemoteCheckpoints
 
         sync = RemoteCheckpoints(ws.root)
-    summary = stages.train_stage(
-        ws,
-        Params(**params),
-        run,
-        progress=False,
-        on_epoch=EpochReporter(run.name),
-        checkpoint_sync=sync,
-    )
+    on_epoch = EpochReporter(run.name)
+    if trial is not None:
+        on_epoch = reporting_to(trial, on_epoch)
+    try:
+        summary = stages.train_stage(
+            ws, Params(**params), run, progress=False, on_epoch=on_epoch, checkpoint_sync=sync
+        )
+    except TrialPruned as pruned:
+        get_run_logger().info(str(pruned))
+        return {"run": run.name, "pruned": {"epoch": pruned.epoch, "objective": pruned.value}}
     return asdict(summary)
+
+
+def reporting_to(trial: dict[str, Any], log: EpochReporter):
+    """``log``, then the epoch reported to the sweep's study (whose storage, the pool's
+    database, is in this worker's environment only: it holds a password)."""
+    from rnn.search.trial import TrialRef, epoch_reporter, storage_from_env
+
+    report = epoch_reporter(TrialRef(str(trial["study"]), int(trial["trial"])), storage_from_env())
+
+    def both(run: str, row: dict, total: int) -> None:
+        log(run, row, total)
+        report(run, row, total)
+
+    return both
 
 
 def _evaluate_reads(ws: Workspace, args: dict) -> list[Path]:

@@ -26,14 +26,26 @@ from typing import Any
 from rnn.config import Params
 from rnn.errors import PipelineError
 from rnn.registry import RunKey
-from rnn.search.space import SweepConfig, apply_point
-from rnn.search.study import INTERRUPTED, open_study, storage_for, suggest, trial_rows
+from rnn.search.space import SweepConfig, apply_point, sweep_base
+from rnn.search.study import (
+    EXPERIMENT,
+    INTERRUPTED,
+    REASON,
+    SAMPLES,
+    best_row,
+    best_samples,
+    experiment_name,
+    finished,
+    narrowed_point,
+    open_study,
+    storage_for,
+    suggest,
+    trial_rows,
+)
 from rnn.search.trial import PRUNED_AT, TrialRef
 from rnn.store.dvc_cli import dvc_command
 
 SWEEPS_DIR = "sweeps"  # gitignored: the study and its report, per study
-REASON = "reason"
-EXPERIMENT = "experiment"
 
 
 @dataclass
@@ -57,23 +69,6 @@ def journal_path(root: Path, study: str) -> Path:
     return sweep_dir(root, study) / "journal.log"
 
 
-def narrowed_point(sweep: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """The trial's ``-S`` settings: the sweep's fixed ones, its point, and the grid narrowed to
-    the sweep's run."""
-    run = sweep.run
-    return {
-        **sweep.fixed,
-        **point,
-        "train.backends": [run.backend],
-        "train.variants": [run.variant],
-        "train.models": [run.model],
-    }
-
-
-def experiment_name(study: str, number: int) -> str:
-    return f"{study}-{number}"
-
-
 def recover_interrupted(study) -> int:
     """Trials left running by a sweep that died: failed as interrupted, their points queued to
     run first. Returns how many."""
@@ -85,15 +80,6 @@ def recover_interrupted(study) -> int:
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
     return len(stale)
-
-
-def finished(study) -> int:
-    """Trials that count towards the budget: every ending but an interruption."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and t.user_attrs.get(REASON) != INTERRUPTED
-    )
 
 
 def run_trial(root: Path, sweep: SweepConfig, number: int, point: dict, storage: str):
@@ -161,7 +147,7 @@ def run_sweep(
     from rnn.search.study import objective
 
     storage = str(journal_path(root, sweep.study))
-    study = open_study(sweep, storage_for(storage), params.train.epochs)
+    study = open_study(sweep, storage_for(storage), sweep_base(sweep, params).train.epochs)
     if recovered := recover_interrupted(study):
         log(f"{recovered} interrupted trial(s) of {sweep.study} queued to run again")
     budget = trials or sweep.trials
@@ -181,7 +167,9 @@ def run_sweep(
             raise
         fresh = study._storage.get_trial(trial._trial_id)
         if done.returncode == 0:
-            value = objective(experiment_eval(root, name, run)["perplexity"].get("valid"))
+            evaluated = experiment_eval(root, name, run)
+            trial.set_user_attr(SAMPLES, evaluated.get("samples", {}))
+            value = objective(evaluated["perplexity"].get("valid"))
             study.tell(trial, value)
             log(f"trial {trial.number}: complete, validation loss {value:.4f} ({name})")
         elif PRUNED_AT in fresh.user_attrs:
@@ -195,6 +183,7 @@ def run_sweep(
     from rnn.search.report import importances
 
     rows = trial_rows(study)
-    best = next((r for r in rows if r["state"] == "complete"), None)
-    samples = experiment_eval(root, best["experiment"], run).get("samples", {}) if best else {}
-    return SweepResult(sweep.study, storage, best, rows, samples, importances(study))
+    best = best_row(rows)
+    return SweepResult(
+        sweep.study, storage, best, rows, best_samples(study, best), importances(study)
+    )

@@ -101,6 +101,9 @@ class SamplerConfig(StrictModel):
 
     name: Literal["tpe", "random", "grid"] = "tpe"
     seed: Annotated[int, Field(ge=0)] = 0
+    # TPE draws this many points at random before it models the space (Optuna's default: 10);
+    # fewer for a small budget
+    startup_trials: Annotated[int, Field(ge=1)] = 10
 
 
 class PrunerConfig(StrictModel):
@@ -131,6 +134,20 @@ class SweepConfig(StrictModel):
     # set in every trial, beside its point (e.g. fewer epochs, a validation split): recorded in
     # each trial's experiment like the point, so `dvc exp apply` + `dvc repro` reproduce it
     fixed: dict[str, Any] = Field(default_factory=dict)
+    # points tried before the sampler draws any (a configuration you already trust, or one to
+    # compare against), in order; a key left out is drawn by the sampler
+    first: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _first_within_space(self) -> SweepConfig:
+        for i, point in enumerate(self.first):
+            unknown = sorted(set(point) - set(self.space))
+            if unknown:
+                raise ValueError(
+                    f"first[{i}] sets {', '.join(unknown)}, which the space does not search: "
+                    "name keys of the space only (fixed settings go under fixed)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _fixed_apart_from_space(self) -> SweepConfig:
@@ -179,6 +196,23 @@ def apply_point(base: Params, point: dict[str, Any]) -> Params:
     return validate_params(raw, "a trial's parameters")
 
 
+def nested(point: dict[str, Any]) -> dict[str, Any]:
+    """Dotted settings (``{"train.lr": 1}``) as nested overrides (``{"train": {"lr": 1}}``)."""
+    out: dict[str, Any] = {}
+    for key, value in point.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def sweep_base(sweep: SweepConfig, params: Params) -> Params:
+    """The parameters every trial starts from: ``params`` with the sweep's fixed settings."""
+    return apply_point(params, sweep.fixed)
+
+
 def check_against(sweep: SweepConfig, base: Params, where: str) -> None:
     """Every key of the space is a key of ``base`` (params.yaml), every bound and choice of it
     gives valid parameters, the run is in the grid, and there is a validation split to judge
@@ -197,6 +231,11 @@ def check_against(sweep: SweepConfig, base: Params, where: str) -> None:
         for value in dimension.bounds:
             point = _set_known(raw, key, value, where, sweep.run.model, "space")
             _valid(point, where, f"space {key} = {value!r}", f"{key}'s range")
+    for i, point in enumerate(sweep.first):
+        chosen = raw
+        for key, value in point.items():
+            chosen = _set_known(chosen, key, value, where, sweep.run.model, f"first[{i}]")
+        _valid(chosen, where, f"first[{i}]", f"first[{i}]")
     if base.train.data_parallel > 1 or "train.data_parallel" in sweep.space:
         raise PipelineError(
             f"{where}: a sweep's trials train in one process each, but params.yaml has "

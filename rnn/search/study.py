@@ -21,6 +21,10 @@ from rnn.search.space import Choice, FloatRange, IntRange, SweepConfig
 SPACE_ATTR = "sweep"  # the study's record of the sweep that created it
 EPOCHS_ATTR = "epochs"  # train.epochs: Hyperband's largest budget
 INTERRUPTED = "interrupted"  # a trial whose process died or was stopped: rerun as a new one
+# a trial's user attributes
+REASON = "reason"  # why it failed, in one line
+EXPERIMENT = "experiment"  # the DVC experiment it is recorded as
+SAMPLES = "samples"  # its model's generated text, per prefix
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -44,7 +48,7 @@ def make_sampler(sweep: SweepConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(sweep.grid(), seed=cfg.seed)
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed)
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials)
 
 
 def make_pruner(sweep: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
@@ -69,7 +73,8 @@ def make_pruner(sweep: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
 def open_study(sweep: SweepConfig, storage: optuna.storages.BaseStorage, epochs: int):
     """The sweep's study, created on first use and continued after: a rerun of the same sweep
     picks up where the last stopped. A study of that name made from another space is refused
-    (its trials would not be comparable)."""
+    (its trials would not be comparable). ``epochs``: what each trial trains (Hyperband's
+    largest budget)."""
     study = optuna.create_study(
         study_name=sweep.study,
         storage=storage,
@@ -85,6 +90,9 @@ def open_study(sweep: SweepConfig, storage: optuna.storages.BaseStorage, epochs:
             f"study {sweep.study!r} already exists with another run or space",
             "name a new study in sweep.yaml (study: ...), or put the space back as it was",
         )
+    if recorded is None and not study.get_trials(deepcopy=False):
+        for point in sweep.first:  # a new study: the sweep's own points before any drawn
+            study.enqueue_trial(point)
     # the trainings rebuild the pruner from these (rnn/search/trial.py), wherever they run
     study.set_user_attr(SPACE_ATTR, mine)
     study.set_user_attr(EPOCHS_ATTR, epochs)
@@ -106,6 +114,32 @@ def suggest(trial: optuna.trial.BaseTrial, sweep: SweepConfig) -> dict[str, Any]
         elif isinstance(d, Choice):
             point[key] = trial.suggest_categorical(key, d.choice)
     return point
+
+
+def experiment_name(study: str, number: int) -> str:
+    return f"{study}-{number}"
+
+
+def narrowed_point(sweep: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
+    """A trial's settings over params.yaml: the sweep's fixed ones, its point, and the grid
+    narrowed to the sweep's run."""
+    run = sweep.run
+    return {
+        **sweep.fixed,
+        **point,
+        "train.backends": [run.backend],
+        "train.variants": [run.variant],
+        "train.models": [run.model],
+    }
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count towards the budget: every ending but an interruption."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and t.user_attrs.get(REASON) != INTERRUPTED
+    )
 
 
 def objective(valid_perplexity: float | None) -> float:
@@ -134,8 +168,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "epochs": max(t.intermediate_values, default=0),
                 "wall_s": wall,
                 "params": dict(t.params),
-                "reason": t.user_attrs.get("reason", ""),
-                "experiment": t.user_attrs.get("experiment", ""),
+                "reason": t.user_attrs.get(REASON, ""),
+                "experiment": t.user_attrs.get(EXPERIMENT, ""),
             }
         )
     rows.sort(
@@ -146,3 +180,15 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         )
     )
     return rows
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best complete trial of ``trial_rows``' rows, if any."""
+    return next((r for r in rows if r["state"] == "complete"), None)
+
+
+def best_samples(study: optuna.Study, best: dict[str, Any] | None) -> dict[str, str]:
+    """The text the best trial's model generated, per prefix (recorded with its result)."""
+    if best is None:
+        return {}
+    return dict(study.trials[best["trial"]].user_attrs.get(SAMPLES, {}))

@@ -52,6 +52,17 @@ def trial_from_env() -> tuple[TrialRef, str] | None:
     return trial, storage
 
 
+def storage_from_env() -> str:
+    """The study's storage named by this machine's environment (the pool's workers have it)."""
+    storage = os.environ.get(SWEEP_STORAGE_ENV)
+    if not storage:
+        raise PipelineError(
+            f"this worker has no {SWEEP_STORAGE_ENV} (the sweeps' database) to report a trial to",
+            "start the pool's workers with `python -m pool up` (it sets it), or set it by hand",
+        )
+    return storage
+
+
 def epoch_reporter(ref: TrialRef, storage: str):
     """An ``on_epoch`` callback (rnn/training/loop.py) that reports each epoch's validation loss
     to trial ``ref`` and raises ``TrialPruned`` when the study's pruner says stop."""

@@ -11,8 +11,15 @@ import yaml
 
 from rnn.config import Params, load_params
 from rnn.errors import PipelineError
-from rnn.search.space import SweepConfig, apply_point, load_sweep
-from rnn.search.study import make_pruner, make_sampler, objective, open_study, storage_for
+from rnn.search.space import SweepConfig, apply_point, load_sweep, nested
+from rnn.search.study import (
+    make_pruner,
+    make_sampler,
+    objective,
+    open_study,
+    storage_for,
+    suggest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {
@@ -62,6 +69,9 @@ def test_a_good_space_loads_and_its_points_are_valid_params(tmp_path):
         ({"run": {"model": "gru"}}, "run.model 'gru' is not a model"),
         ({"fixed": {"partition.valid": 0.1, "partition.train": 0.9, "train.data_parallel": 2}},
          "train.data_parallel"),
+        ({"first": [{"train.epochs": 3}]}, "first[0] sets train.epochs"),
+        ({"first": [{"train.lr": 1.0}, {"models.rnn.num_layers": 0}]},
+         "first[1] gives"),
     ],
 )  # fmt: skip
 def test_a_bad_space_is_one_line_naming_the_problem(tmp_path, change, named):
@@ -101,3 +111,29 @@ def test_sampler_pruner_and_the_study_continue_where_they_were(tmp_path):
 def test_the_objective_is_the_log_perplexity():
     assert objective(math.e) == pytest.approx(1.0)
     assert objective(None) == math.inf and objective(float("nan")) == math.inf
+
+
+def test_the_first_points_run_first_then_the_sampler_draws(tmp_path):
+    first = [{"train.lr": 1.0, "models.rnn.num_layers": 2}, {"train.lr": 0.5}]
+    sweep = load_sweep(write(tmp_path, {**GOOD, "first": first}), Params())
+    study = open_study(sweep, storage_for(str(tmp_path / "j.log")), 10)
+    points = []
+    for _ in range(3):
+        trial = study.ask()
+        points.append(suggest(trial, sweep))
+        study.tell(trial, 1.0)
+    assert points[0] == {
+        "train.lr": 1.0,
+        "models.rnn.num_hiddens": points[0]["models.rnn.num_hiddens"],
+        "models.rnn.num_layers": 2,
+    }
+    assert points[1]["train.lr"] == 0.5 and points[2]["train.lr"] not in (1.0, 0.5)
+    again = open_study(sweep, storage_for(str(tmp_path / "j.log")), 10)  # not queued twice
+    assert len(again.trials) == 3 and not [t for t in again.trials if t.state.name == "WAITING"]
+
+
+def test_dotted_settings_nest_as_overrides():
+    assert nested({"train.lr": 1.0, "models.rnn.num_hiddens": 8, "train.epochs": 2}) == {
+        "train": {"lr": 1.0, "epochs": 2},
+        "models": {"rnn": {"num_hiddens": 8}},
+    }
