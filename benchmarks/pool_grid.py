@@ -63,6 +63,16 @@ def pool(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def api_settings(home: Path) -> dict:
+    """Prefect settings for the stack in ``home``: its API and the credential it wants."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    from pool.state import load_state
+
+    state = load_state(home)
+    return {PREFECT_API_URL: state.api_url, PREFECT_API_AUTH_STRING: state.auth_string}
+
+
 def training_line(client, child, log_filter, wait_s: float = 60.0) -> str:
     """The run's "trained: ..." log line; logs reach the server in batches, so it may arrive
     after the run is Completed."""
@@ -81,13 +91,13 @@ def training_line(client, child, log_filter, wait_s: float = 60.0) -> str:
         time.sleep(2)
 
 
-def measure(api_url: str, seed: int) -> dict:
+def measure(home: Path, seed: int) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as c:
+    with temporary_settings(api_settings(home)), get_client(sync_client=True) as c:
         started = time.monotonic()
         run = run_deployment(
             "rnn-pipeline/pool",
@@ -144,9 +154,9 @@ def main() -> None:
             seed = 1
             for i in range(args.repeats):
                 for workers in (1, 2) if i % 2 == 0 else (2, 1):
-                    status = pool("up", "--workers", str(workers), *common)
+                    pool("up", "--workers", str(workers), *common)
                     time.sleep(3)  # a removed worker's runs are gone; new ones poll
-                    results[workers].append(measure(status["api"], seed))
+                    results[workers].append(measure(home, seed))
                     seed += 1
                     print(f"{workers} worker(s): {results[workers][-1]['wall_s']} s", flush=True)
         finally:

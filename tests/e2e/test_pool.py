@@ -13,7 +13,8 @@ DVC remote, and two process workers, each in a directory of its own standing for
 4. The API refuses a client without the credential and serves one with it.
 5. The server killed and brought back by `pool up`, then the database restarted, under a pipeline
    that trains: the run rides both out and completes; the workers are left running.
-6. A soak of 8 tiny runs queued at once over the two workers: all complete, twins agree.
+6. A soak of 4 tiny runs (twice the slots) queued at once over the two workers: all complete,
+   twins agree.
 7. The API credential and the S3 secret are in no file the pipeline wrote and no git object.
 8. A corpus of one's own added with `rnn corpus add` (pushed to the S3 remote, nowhere else a
    worker can read it): a pipeline run on it completes. The whole pool runs with every proxy
@@ -250,12 +251,13 @@ def a_pipeline_rides_out_server_and_database_restarts(pool: Pool) -> str:
     return survivor
 
 
-def a_soak_of_eight_trainings_completes(pool: Pool) -> list[str]:
-    """8 tiny trainings queued at once over the two workers, 4 learning rates twice each: every
-    one completes, with its twin's result only (a twin that starts after the other finished
-    restores it from the run-cache instead of training). Returns their run ids."""
+def a_soak_of_trainings_completes(pool: Pool) -> list[str]:
+    """Twice as many tiny trainings as the pool has slots, queued at once over the two workers,
+    2 learning rates twice each: every one completes, with its twin's result only (a twin that
+    starts after the other finished restores it from the run-cache instead of training). Returns
+    their run ids."""
     api = pool.api
-    rates = [round(0.55 + 0.1 * i, 2) for i in range(4)] * 2  # none trained before
+    rates = [round(0.55 + 0.1 * i, 2) for i in range(2)] * 2  # none trained before
     soak: dict[float, list[str]] = {}
     for lr in rates:
         params = tiny_params(lr)
@@ -294,7 +296,9 @@ def no_secret_in_any_output(pool: Pool, run_ids: list[str]) -> None:
 def own_corpus_from_the_remote_alone(pool: Pool) -> None:
     """A corpus of one's own, only in the DVC remote; the pool reaches nothing but 127.0.0.1."""
     own = add_own_corpus(pool.origin, pool.tmp, pool.s3, pool.check_env)
-    offline = pool.api.start("rnn-pipeline/pool", {**pool.base, "backend": "torch"})
+    offline = pool.api.start(
+        "rnn-pipeline/pool", {**pool.base, "backend": "torch", "variant": "scratch"}
+    )
     final = pool.api.wait_final([offline])[offline]
     assert final.state.is_completed(), pool.api.logs(offline)[-20:]
     assert experiment(pool.origin, final, pool.tmp)["params"]["ingest"]["source"] == own
@@ -315,7 +319,7 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         step("auth checked")
         survivor = a_pipeline_rides_out_server_and_database_restarts(pool)
         step("the pipeline completed across the restarts")
-        soak = a_soak_of_eight_trainings_completes(pool)
+        soak = a_soak_of_trainings_completes(pool)
         step(f"soak of {len(soak)} runs done")
         no_secret_in_any_output(pool, [survivor, *soak[:2]])
         own_corpus_from_the_remote_alone(pool)

@@ -13,12 +13,14 @@ DVC remote, a bare git origin), one search of four trials, with the study in the
    (Pruned), not failed.
 5. The study consistent: four trials, each ended once; one training run per trial (the killed
    one's retry aside); every complete trial a DVC experiment on origin; the best trial's recorded
-   parameters reproduce its weights through `dvc repro`; the trials as a Prefect table.
+   parameters reproduce its weights through `dvc exp apply` + `dvc repro` in a fresh clone; the
+   trials as a Prefect table.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import psutil
@@ -26,11 +28,10 @@ import pytest
 import yaml
 
 from pool.postgres import Cluster
-from tests.support.machines import git
+from tests.support.machines import git, model_hashes
 from tests.support.pool import (
     CRASH_BOUND_S,
     Pool,
-    dvc_repro_hashes,
     everything_started_is_stopped,
     kill_machine,
     new_pool,
@@ -176,13 +177,10 @@ def the_study_is_consistent(pool: Pool, rerun: str, killed: str, dead_machine: s
     assert f"/{STUDY}-2\n" not in refs  # a pruned trial published nothing
 
     best = min(complete, key=lambda t: t.value)
-    exp = recorded(pool.origin, f"{STUDY}-{best.number}", pool.tmp)
+    name = f"{STUDY}-{best.number}"
+    exp = recorded(pool.origin, name, pool.tmp)
     assert exp["params"]["train"]["lr"] == best.params["train.lr"]
-    model = "data/models/torch-scratch-rnn"
-    again = dvc_repro_hashes(
-        pool.origin, exp["params"], "train@torch-scratch-rnn", pool.tmp, pool.check_env
-    )
-    assert again[model] == exp["hashes"][model]
+    assert byte_identical_again(pool, name) == exp["hashes"]["data/models/torch-scratch-rnn"]
 
     with api.client() as client:
         tables = [a for a in client.read_artifacts() if a.key == "rnn-sweep-trials"]
@@ -190,6 +188,28 @@ def the_study_is_consistent(pool: Pool, rerun: str, killed: str, dead_machine: s
     data = tables[-1].data
     shown = data if isinstance(data, list) else json.loads(data)
     assert len(shown) == 4 and shown[0]["trial"] == best.number  # the best first
+
+
+def byte_identical_again(pool: Pool, name: str) -> str:
+    """Experiment ``name`` applied in a fresh clone of origin (`dvc exp pull` + `dvc exp apply`)
+    and its model trained again (`dvc repro --force`, the run-cache ignored); its hash."""
+    where = pool.tmp / "reproduce"
+    git("clone", "-q", str(pool.origin), str(where), cwd=pool.tmp)
+    env, remote = pool.check_env, pool.s3
+    for key, value in (("user.name", "t"), ("user.email", "t@t")):
+        git("config", key, value, cwd=where)  # `dvc exp apply` commits
+
+    def dvc(*args: str) -> str:
+        done = subprocess.run(["dvc", *args], cwd=where, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    dvc("remote", "add", "--local", "-d", "s3", remote["RNN_DVC_REMOTE"])
+    dvc("remote", "modify", "--local", "s3", "endpointurl", remote["RNN_DVC_REMOTE_ENDPOINT"])
+    dvc("exp", "pull", "origin", name)
+    dvc("exp", "apply", name)
+    dvc("repro", "-q", "--force", "--no-run-cache", "train@torch-scratch-rnn")
+    return model_hashes(where)["data/models/torch-scratch-rnn"]
 
 
 def test_a_sweep_on_the_pool(tmp_path, s3_remote):
