@@ -41,7 +41,6 @@ from flows.plan import (
     Stages,
     adopt_params,
     downstream,
-    merge,
     run_data_stages,
     stage_names,
 )
@@ -50,7 +49,7 @@ from rnn.config import Params, load_params
 from rnn.errors import PipelineError
 from rnn.names import TRAINING_LIMIT
 from rnn.registry import RunKey
-from rnn.search.space import SWEEP_FILE, SweepConfig, apply_point, load_sweep, nested, sweep_base
+from rnn.search.space import SWEEP_FILE, SweepConfig, apply_point, load_sweep, sweep_base
 from rnn.search.study import (
     EXPERIMENT,
     REASON,
@@ -106,8 +105,8 @@ def _sweep(ws: Workspace, sweep_file: str, params_file: str, trials: int | None)
             "a sweep on the pool needs a DVC repository with a shared remote: its trials meet there",
             "set RNN_DVC_REMOTE on the workers (python -m pool up --remote URL)",
         )
-    start = sweep_base(search, params)
-    study = open_study(search, storage_for(storage_from_env()), start.train.epochs)
+    epochs = sweep_base(search, params).train.epochs
+    study = open_study(search, storage_for(storage_from_env()), epochs)
     if STUDY_KEY not in study.user_attrs:
         import uuid
 
@@ -122,7 +121,7 @@ def _sweep(ws: Workspace, sweep_file: str, params_file: str, trials: int | None)
     )
     progress = Progress(search.study, budget)
     in_flight = {
-        t.number: submit(search, study, start, t.number, t.params, code)
+        t.number: submit(search, study, params, t.number, t.params, code)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     }
     if in_flight:
@@ -138,7 +137,7 @@ def _sweep(ws: Workspace, sweep_file: str, params_file: str, trials: int | None)
             trial.set_user_attr(EXPERIMENT, experiment_name(search.study, trial.number))
             logger.info("trial %d: %s", trial.number, point)
             try:
-                in_flight[trial.number] = submit(search, study, start, trial.number, point, code)
+                in_flight[trial.number] = submit(search, study, params, trial.number, point, code)
             except PipelineError as err:  # a point the space allows but params.yaml does not
                 fail(study, trial.number, str(err))
             continue
@@ -148,10 +147,11 @@ def _sweep(ws: Workspace, sweep_file: str, params_file: str, trials: int | None)
     return publish(ws, search, study)
 
 
-def settings(params: Params, search: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
-    """A trial's whole parameters as flow overrides: params.yaml as the sweep started from it
-    (the workspace's file is each recorded trial's in turn) with the trial's settings."""
-    return merge(params.model_dump(), nested(narrowed_point(search, point)))
+def trial_params(params: Params, search: SweepConfig, point: dict[str, Any]) -> Params:
+    """A trial's whole parameters: params.yaml as the sweep started from it (the workspace's file
+    is each recorded trial's in turn) with the sweep's fixed settings, the point and the grid
+    narrowed to the sweep's run."""
+    return apply_point(params, narrowed_point(search, point))
 
 
 def training_slots() -> int:
@@ -165,7 +165,7 @@ def training_slots() -> int:
 def prepare_data(ws: Workspace, params_file: str, params: Params, search: SweepConfig) -> None:
     """The data stages with the sweep's fixed settings, run or restored here and pushed, so that
     every trial restores them instead of computing them again."""
-    adopted = adopt_params(ws, params_file, settings(params, search, {}))
+    adopted = adopt_params(ws, params_file, trial_params(params, search, {}).model_dump())
     dvc_sync.fetch_run_cache(ws.root)
     plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), stage_names([])))
     run_data_stages(plan, ws, adopted.model_dump())
@@ -174,30 +174,29 @@ def prepare_data(ws: Workspace, params_file: str, params: Params, search: SweepC
 
 
 def submit(
-    search: SweepConfig, study: optuna.Study, start: Params, number: int, point: dict, code: str
+    search: SweepConfig, study: optuna.Study, params: Params, number: int, point: dict, code: str
 ):
     """The trial's training on the pool, as a task waiting in a thread of this flow run."""
-    params = apply_point(start, {**point, **grid_of(search)})
-    trial = study.trials[number]
     return train_trial.submit(
         search.study,
         number,
-        params.model_dump(),
+        trial_params(params, search, point).model_dump(),
         code,
         f"{study.user_attrs[STUDY_KEY]}-{number}",
-        int(trial.user_attrs.get(ATTEMPT, 0)),
+        int(trial_handle(study, number).user_attrs.get(ATTEMPT, 0)),
     )
 
 
-def grid_of(search: SweepConfig) -> dict[str, Any]:
-    """The grid narrowed to the sweep's run, as dotted settings."""
-    return {k: v for k, v in narrowed_point(search, {}).items() if k.startswith("train.")}
+def trial_handle(study: optuna.Study, number: int) -> optuna.trial.Trial:
+    """Trial ``number`` of ``study``, to read and set its attributes (one trial read, not all)."""
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.trial.Trial(study, trial_id)
 
 
 def fail(study: optuna.Study, number: int, reason: str) -> None:
     """Trial ``number`` ended failed, with its reason in one line."""
     reason = " ".join(reason.split())[:500]
-    optuna.trial.Trial(study, study.trials[number]._trial_id).set_user_attr(REASON, reason)
+    trial_handle(study, number).set_user_attr(REASON, reason)
     study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     get_run_logger().warning("trial %d: failed: %s", number, reason)
 
@@ -213,7 +212,9 @@ def train_trial(
 
     logger = get_run_logger()
     run = params["train"]
-    trial = _trial_handle(study, number)
+    trial = trial_handle(
+        optuna.load_study(study_name=study, storage=storage_for(storage_from_env())), number
+    )
     while True:
         child = run_deployment(
             TRAIN_DEPLOYMENT,
@@ -252,12 +253,6 @@ def train_trial(
         return {"state": ending, "message": message, "flow_run": str(child.id)}
 
 
-def _trial_handle(study: str, number: int) -> optuna.trial.Trial:
-    loaded = optuna.load_study(study_name=study, storage=storage_for(storage_from_env()))
-    trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, number)
-    return optuna.trial.Trial(loaded, trial_id)
-
-
 def _wait(flow_run_id):
     from prefect.client.orchestration import get_client
 
@@ -287,14 +282,12 @@ def settle(
     except Exception as err:  # the trial's task itself failed: the trial failed, the sweep goes on
         ending = {"state": "failed", "message": f"{type(err).__name__}: {err}"}
     if ending["state"] == "complete":
+        trial = trial_handle(study, number)
         try:
-            value, samples = record_trial(
-                ws, params_file, params, search, number, study.trials[number].params
-            )
+            value, samples = record_trial(ws, params_file, params, search, number, trial.params)
         except PipelineError as err:
             ending = {"state": "failed", "message": str(err)}
         else:
-            trial = optuna.trial.Trial(study, study.trials[number]._trial_id)
             trial.set_user_attr(SAMPLES, samples)
             study.tell(number, value, skip_if_finished=True)
             logger.info("trial %d: complete, validation loss %.4f", number, value)
@@ -315,7 +308,7 @@ def record_trial(
     from rnn.evaluation.evaluate import read_eval
 
     run = RunKey(search.run.backend, search.run.variant, search.run.model)
-    adopt_params(ws, params_file, settings(params, search, point))
+    adopt_params(ws, params_file, trial_params(params, search, point).model_dump())
     dvc_sync.fetch_run_cache(ws.root)
     names = stage_names([run])
     plan = Stages(ws, downstream(dvc_sync.stale_stages(ws.root), names))

@@ -196,18 +196,6 @@ def apply_point(base: Params, point: dict[str, Any]) -> Params:
     return validate_params(raw, "a trial's parameters")
 
 
-def nested(point: dict[str, Any]) -> dict[str, Any]:
-    """Dotted settings (``{"train.lr": 1}``) as nested overrides (``{"train": {"lr": 1}}``)."""
-    out: dict[str, Any] = {}
-    for key, value in point.items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
-
-
 def sweep_base(sweep: SweepConfig, params: Params) -> Params:
     """The parameters every trial starts from: ``params`` with the sweep's fixed settings."""
     return apply_point(params, sweep.fixed)

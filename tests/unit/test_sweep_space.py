@@ -11,7 +11,7 @@ import yaml
 
 from rnn.config import Params, load_params
 from rnn.errors import PipelineError
-from rnn.search.space import SweepConfig, apply_point, load_sweep, nested
+from rnn.search.space import SweepConfig, apply_point, load_sweep
 from rnn.search.study import (
     make_pruner,
     make_sampler,
@@ -130,10 +130,3 @@ def test_the_first_points_run_first_then_the_sampler_draws(tmp_path):
     assert points[1]["train.lr"] == 0.5 and points[2]["train.lr"] not in (1.0, 0.5)
     again = open_study(sweep, storage_for(str(tmp_path / "j.log")), 10)  # not queued twice
     assert len(again.trials) == 3 and not [t for t in again.trials if t.state.name == "WAITING"]
-
-
-def test_dotted_settings_nest_as_overrides():
-    assert nested({"train.lr": 1.0, "models.rnn.num_hiddens": 8, "train.epochs": 2}) == {
-        "train": {"lr": 1.0, "epochs": 2},
-        "models": {"rnn": {"num_hiddens": 8}},
-    }
