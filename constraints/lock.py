@@ -7,7 +7,7 @@ hashes, compiled by uv from `pyproject.toml` and the pins in `constraints/*.txt`
     .venv/bin/python constraints/lock.py --check    # exit 1 when a lock is stale (offline, no uv)
 
 `cpu.lock` is `.[all-cpu]` with `cpu.txt`'s pins (torch 2.13.0+cpu, tensorflow-cpu, the S3 stack);
-`gpu.lock` is `.[torch,tf,orchestrate,dev,docs]` with `gpu.txt`'s pins (the CUDA builds PyPI serves)
+`gpu.lock` is `.[torch,tf,orchestrate,serve,dev,docs]` with `gpu.txt`'s pins (the CUDA builds PyPI serves)
 and every other package at `cpu.lock`'s version. Both are for CPython 3.11 on x86_64 Linux.
 
 Each lock's first line records a SHA-256 of what it was compiled from: `pyproject.toml`'s
@@ -56,7 +56,7 @@ class Lock:
 
 
 CPU = Lock("cpu", ("all-cpu",), "constraints/cpu.txt")
-GPU = Lock("gpu", ("torch", "tf", "orchestrate", "dev", "docs"), "constraints/gpu.txt")
+GPU = Lock("gpu", ("torch", "tf", "orchestrate", "serve", "dev", "docs"), "constraints/gpu.txt")
 LOCKS = {lock.name: lock for lock in (CPU, GPU)}
 
 

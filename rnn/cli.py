@@ -220,6 +220,22 @@ def evaluate(
 
 
 @app.command()
+def export(
+    backend: Backend,
+    variant: Variant,
+    model: ModelOpt = None,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Write a trained run as ONNX with its vocabulary and record: data/export/ (runs on
+    onnxruntime alone; `rnn serve` serves it)."""
+    ws, cfg = open_workspace(workdir, params)
+    run = run_key(cfg, backend, variant, model)
+    with writing(ws, f"export {run.name}"):
+        echo_summary(stages.export_stage(ws, run))
+
+
+@app.command()
 def report(
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
@@ -250,7 +266,8 @@ def generate(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Generate text from a trained model, greedy or sampled, written as it is produced."""
-    from rnn.evaluation.evaluate import load_trained, stream_text
+    from rnn.data.tokens import stream_text
+    from rnn.evaluation.evaluate import load_trained
 
     ws, loaded = open_workspace(workdir, params)
     run = run_key(loaded, backend, variant, model)

@@ -55,7 +55,7 @@ def train_stage(ws: Workspace, params: Params, run: RunKey, world=None, **option
 
 def check_training_memory(ws: Workspace, params: Params, run: RunKey) -> None:
     """Refuse a run too large for this machine before anything is built or written."""
-    from rnn.data.vocab import Vocab
+    from rnn.data.tokens import Vocab
     from rnn.training.memory import check_fits, estimate
 
     arch, tcfg, part = params.model(run.model), params.train, params.partition
@@ -75,6 +75,13 @@ def evaluate_stage(ws: Workspace, params: Params, run: RunKey):
     from rnn.evaluation.evaluate import evaluate_model
 
     return evaluate_model(run, params, ws.model(run), ws.partition, ws.vocab, ws.eval_of(run))
+
+
+def export_stage(ws: Workspace, run: RunKey):
+    from rnn.data.tokens import VOCAB_FILE
+    from rnn.export.bundle import export_run
+
+    return export_run(run.name, ws.model(run), ws.vocab / VOCAB_FILE, ws.export_of(run))
 
 
 def report_stage(ws: Workspace, runs: list[RunKey], out: Path | None = None):

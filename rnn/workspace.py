@@ -83,6 +83,10 @@ class Workspace:
         return self.data / "eval"
 
     @property
+    def exports(self) -> Path:
+        return self.data / "export"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 
@@ -101,3 +105,6 @@ class Workspace:
 
     def eval_of(self, run: RunKey) -> Path:
         return self.evals / run.name
+
+    def export_of(self, run: RunKey) -> Path:
+        return self.exports / run.name

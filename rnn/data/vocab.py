@@ -20,60 +20,17 @@ import pyarrow.compute as pc
 from rnn.config import VocabConfig
 from rnn.data.corpus import iter_text_rows, read_provenance, read_text_rows
 from rnn.data.threadmap import ordered_map
+from rnn.data.tokens import UNK, VOCAB_FILE, Vocab
 from rnn.errors import PipelineError
 from rnn.store import npyfile
 from rnn.store.atomic import atomic_dir
 
-UNK = "<unk>"
-VOCAB_FILE, IDS_FILE = "vocab.json", "ids.npy"
+IDS_FILE = "ids.npy"
 _ASCII_SPAN, _UNICODE_SPAN = 128, 0x110000
 _BLOCK = 1 << 20
 _NEVER = np.iinfo(np.int64).max
 # Arrow's default allocator (mimalloc) keeps each thread's freed pages; word splitting frees many.
 _ARROW_POOL = pa.system_memory_pool()
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """Token <-> id mapping; ``counts[i]`` is how often token i occurs in the encoded corpus."""
-
-    tokens: tuple[str, ...]
-    counts: tuple[int, ...]
-    token_type: str
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def index(self) -> dict[str, int]:
-        return {t: i for i, t in enumerate(self.tokens)}
-
-    def encode(self, text: str) -> list[int]:
-        index = self.index
-        pieces = list(text) if self.token_type == "char" else text.split()
-        return [index.get(p, 0) for p in pieces]
-
-    def decode(self, ids) -> str:
-        sep = "" if self.token_type == "char" else " "
-        return sep.join(self.tokens[int(i)] for i in ids)
-
-    def to_json(self, **extra) -> dict:
-        return {
-            "token_type": self.token_type,
-            "tokens": list(self.tokens),
-            "counts": list(self.counts),
-            **extra,
-        }
-
-    @classmethod
-    def load(cls, path: str | Path) -> Vocab:
-        path = Path(path)
-        if path.is_dir():
-            path = path / VOCAB_FILE
-        if not path.is_file():
-            raise PipelineError(f"vocabulary {path} not found", "run `rnn vocab` first")
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(tuple(raw["tokens"]), tuple(raw["counts"]), raw["token_type"])
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,16 +10,15 @@ from rnn.backends.engine import build_engine
 from rnn.backends.spec import ModelSpec
 from rnn.config import Params
 from rnn.data.partition import SPLITS, evaluation_minibatches, load_split
-from rnn.data.vocab import VOCAB_FILE, Vocab
+from rnn.data.tokens import VOCAB_FILE, Vocab, stream_text
 from rnn.errors import PipelineError
 from rnn.registry import RunKey
 from rnn.store.atomic import atomic_path
 from rnn.store.record import (
-    RECORD_FILE,
     WEIGHTS_FILE,
-    file_sha256,
+    check_vocabulary,
     read_record,
-    read_verified,
+    verified_weights,
     weights_from_bytes,
 )
 from rnn.training.loop import perplexity
@@ -45,8 +43,8 @@ def load_trained(
     file that is truncated or damaged, or another vocabulary, is an error, not a wrong model."""
     record = read_record(model_dir)
     vocab = Vocab.load(vocab_dir)
-    _check_vocabulary(record, Path(model_dir), Path(vocab_dir))
-    weights = _verified_weights(record, Path(model_dir) / WEIGHTS_FILE)
+    check_vocabulary(record, Path(model_dir), Path(vocab_dir) / VOCAB_FILE)
+    weights = verified_weights(record, Path(model_dir) / WEIGHTS_FILE)
     args = record["model_args"]
     if (record.get("backend"), record.get("variant")) != (backend, variant):
         raise PipelineError(
@@ -84,39 +82,6 @@ def load_trained(
     return engine, vocab
 
 
-def _check_vocabulary(record: dict, model_dir: Path, vocab_dir: Path) -> None:
-    trained_with = record.get("vocab_sha256")
-    if trained_with and file_sha256(vocab_dir / VOCAB_FILE) != trained_with:
-        raise PipelineError(
-            f"{model_dir} was trained with another vocabulary than {vocab_dir / VOCAB_FILE}",
-            "use the workspace the model was trained in, or retrain it (`dvc repro`) with this "
-            "vocabulary",
-        )
-
-
-def _verified_weights(record: dict, weights: Path) -> bytes:
-    """The weights file's bytes, once they matched run.json's checksum (never unchecked ones)."""
-    restore = (
-        "restore them (`dvc checkout`, or `dvc pull` from the remote) or retrain (`dvc repro`)"
-    )
-    expected = record.get("weights_sha256")
-    if not weights.is_file():
-        raise PipelineError(f"weights {weights} not found", "run `rnn train` for this variant")
-    if not expected:
-        raise PipelineError(
-            f"{weights.parent / RECORD_FILE} records no checksum for {weights.name}, so the "
-            "weights cannot be verified",
-            "retrain (`rnn train`, or `dvc repro`) to write a complete record",
-        )
-    data = read_verified(weights, expected)
-    if data is None:
-        raise PipelineError(
-            f"weights {weights} do not match the checksum in run.json (truncated or damaged)",
-            restore,
-        )
-    return data
-
-
 def generate_text(
     engine,
     vocab: Vocab,
@@ -127,41 +92,6 @@ def generate_text(
     seed: int = 0,
 ) -> str:
     return "".join(stream_text(engine, vocab, prefix, num_preds, temperature, top_k, seed))
-
-
-def stream_text(
-    engine,
-    vocab: Vocab,
-    prefix: str,
-    num_preds: int,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    seed: int = 0,
-) -> Iterator[str]:
-    """The prefix as the model reads it, then each generated token's text as soon as it is
-    chosen; joined, the pieces are ``vocab.decode`` of the whole sequence."""
-    _check_prefix(vocab, prefix)
-    prefix_ids = vocab.encode(prefix)
-    if not prefix_ids:
-        raise PipelineError(f"prefix {prefix!r} has no tokens", "use a non-empty prefix")
-    sep = "" if vocab.token_type == "char" else " "
-    yield vocab.decode(prefix_ids)
-    for token in engine.stream(prefix_ids, num_preds, temperature, top_k, seed):
-        yield sep + vocab.decode([token])
-
-
-def _check_prefix(vocab: Vocab, prefix: str) -> None:
-    """A character the model never saw would silently become <unk>; say so instead."""
-    if vocab.token_type != "char":
-        return  # an unknown word is what <unk> stands for in a word model
-    unknown = sorted(set(prefix) - set(vocab.index))
-    if unknown:
-        shown = "".join(unknown[:20])
-        raise PipelineError(
-            f"prefix {prefix!r} has characters outside the model's vocabulary: {shown!r}",
-            f"use only characters of the training text ({len(vocab) - 1} known; see "
-            "data/vocab/vocab.json)",
-        )
 
 
 def sample_text(engine, vocab: Vocab, prefix: str, params: Params, sampled: bool = False) -> str:

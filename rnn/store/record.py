@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn.errors import PipelineError
+
 RECORD_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -82,9 +84,41 @@ def read_verified(path: str | Path, sha256: str) -> bytes | None:
 
 
 def read_record(model_dir: str | Path) -> dict:
-    from rnn.errors import PipelineError
-
     path = Path(model_dir) / RECORD_FILE
     if not path.is_file():
         raise PipelineError(f"model record {path} not found", "run `rnn train` for this variant")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_vocabulary(record: dict, model_dir: Path, vocab_file: Path) -> None:
+    """The vocabulary file is the one the model was trained with (run.json's checksum)."""
+    trained_with = record.get("vocab_sha256")
+    if trained_with and file_sha256(vocab_file) != trained_with:
+        raise PipelineError(
+            f"{model_dir} was trained with another vocabulary than {vocab_file}",
+            "use the workspace the model was trained in, or retrain it (`dvc repro`) with this "
+            "vocabulary",
+        )
+
+
+def verified_weights(record: dict, weights: Path) -> bytes:
+    """The weights file's bytes, once they matched run.json's checksum (never unchecked ones)."""
+    restore = (
+        "restore them (`dvc checkout`, or `dvc pull` from the remote) or retrain (`dvc repro`)"
+    )
+    expected = record.get("weights_sha256")
+    if not weights.is_file():
+        raise PipelineError(f"weights {weights} not found", "run `rnn train` for this variant")
+    if not expected:
+        raise PipelineError(
+            f"{weights.parent / RECORD_FILE} records no checksum for {weights.name}, so the "
+            "weights cannot be verified",
+            "retrain (`rnn train`, or `dvc repro`) to write a complete record",
+        )
+    data = read_verified(weights, expected)
+    if data is None:
+        raise PipelineError(
+            f"weights {weights} do not match the checksum in run.json (truncated or damaged)",
+            restore,
+        )
+    return data

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rnn.backends.engine import backend_module
 from rnn.config import Params
-from rnn.data.vocab import VOCAB_FILE
+from rnn.data.tokens import VOCAB_FILE
 from rnn.registry import RunKey
 from rnn.store.record import file_sha256, fingerprint, library_versions
 

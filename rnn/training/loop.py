@@ -28,7 +28,7 @@ from rnn.backends.engine import engine_for
 from rnn.backends.world import SINGLE, World
 from rnn.config import Params
 from rnn.data.partition import epoch_minibatches, evaluation_minibatches, load_split, min_tokens
-from rnn.data.vocab import Vocab
+from rnn.data.tokens import Vocab
 from rnn.errors import PipelineError
 from rnn.faults import kill_point
 from rnn.registry import RunKey

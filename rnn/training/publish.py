@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rnn.backends.world import World
 from rnn.config import Params
-from rnn.data.vocab import Vocab
+from rnn.data.tokens import Vocab
 from rnn.registry import RunKey
 from rnn.store.atomic import atomic_dir
 from rnn.store.record import RECORD_FILE, WEIGHTS_FILE, file_sha256, write_weights

@@ -5,6 +5,7 @@ names the problem and the fix, a non-zero exit, and the workspace's earlier outp
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -173,6 +174,7 @@ def unknown_corpus_bytes(ws: Path) -> None:
 WORKSPACE_CASES = [
     ("truncated weights", truncate_weights, ["evaluate", *RUN], "checksum"),
     ("bit-flipped weights", flip_a_bit, ["generate", *RUN], "checksum"),
+    ("export of truncated weights", truncate_weights, ["export", *RUN], "checksum"),
     ("another vocabulary", other_vocabulary, ["evaluate", *RUN], "another vocabulary"),
     ("prefix outside the vocabulary", None, ["generate", *RUN, "--prefix", "Time!"], "'!T'"),
     ("unknown backend option", None, ["train", "-b", "jax", "-v", "scratch"], "jax"),
@@ -201,3 +203,22 @@ def test_bad_workspace_input(trained, tmp_path, case, damage, command, says):
 def test_a_workdir_that_is_not_a_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     one_clear_line(rnn(tmp_path / "file", "vocab"), "is a file")
+
+
+def test_export_writes_a_model_that_generates_what_the_framework_does(trained, tmp_path):
+    """`rnn export` on a trained run: the ONNX model's greedy and sampled text are `rnn
+    generate`'s for the same prefix and seed."""
+    from rnn.serving.runtime import OnnxModel
+
+    ws = broken_copy(trained, tmp_path)
+    exported = rnn(ws, "export", *RUN)
+    assert exported.returncode == 0, exported.stderr
+    summary = json.loads(exported.stdout)
+    model = OnnxModel(summary["path"])
+    assert model.name == "torch-scratch-rnn" and Path(summary["path"]).parent == ws / "data/export"
+    for extra in ([], ["--temperature", "0.9", "--top-k", "4", "--seed", "5"]):
+        generated = rnn(ws, "generate", *RUN, "--prefix", "the time", "--num-preds", "40", *extra)
+        assert generated.returncode == 0, generated.stderr
+        options = {"temperature": 0.9, "top_k": 4, "seed": 5} if extra else {}
+        text = "".join(model.stream_text("the time", 40, **options))
+        assert generated.stdout.rstrip("\n") == text

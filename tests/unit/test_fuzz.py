@@ -127,7 +127,7 @@ def test_random_bytes_as_a_parameter_file_fail_clearly(tmp_path_factory, data):
 def untrained():
     """A small PyTorch model and a character vocabulary (generation needs no training)."""
     from rnn.backends.engine import make_engine
-    from rnn.data.vocab import Vocab
+    from rnn.data.tokens import Vocab
 
     vocab = Vocab(("<unk>", *"etaoin shrdlu"), tuple([1] * 14), "char")
     return make_engine("torch", "scratch", len(vocab), 16, device="cpu", seed=0, threads=1), vocab

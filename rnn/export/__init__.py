@@ -1,0 +1,1 @@
+"""Trained runs exported as ONNX (rnn/export/bundle.py), for serving without the frameworks."""

@@ -1,0 +1,1 @@
+"""Using a trained model without the frameworks: exported models on onnxruntime (runtime.py)."""
