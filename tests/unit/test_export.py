@@ -107,7 +107,7 @@ def test_a_damaged_export_is_refused_and_a_bad_model_is_not_exported(tmp_path):
     export_run("r", model_dir, vocab_file, out)
     weights = model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-3])
-    with pytest.raises(PipelineError, match="do not match the checksum in run.json"):
+    with pytest.raises(PipelineError, match=r"do not match the checksum in run\.json"):
         export_run("r", model_dir, vocab_file, out)
     assert OnnxModel(out).manifest["files"][MODEL_FILE] == first.onnx_sha256
 
