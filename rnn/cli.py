@@ -236,6 +236,39 @@ def export(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    max_length: Annotated[int, typer.Option(min=1, help="longest generation allowed")] = 2000,
+    reload_every: Annotated[
+        float, typer.Option(min=0.1, help="seconds between looks for changed exports")
+    ] = 2.0,
+    require_token: Annotated[
+        bool, typer.Option(help="want RNN_SERVE_TOKEN even on 127.0.0.1")
+    ] = False,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Serve the workspace's trained runs over HTTP (exported to ONNX first where the export is
+    missing or older than the model): GET /models, POST /generate (streamed), a page at /."""
+    import os
+
+    from rnn.export.bundle import is_current
+    from rnn.serving.server import TOKEN_ENV, check_token, serve_exports, workspace_sources
+
+    ws, cfg = open_workspace(workdir, params)
+    token = os.environ.get(TOKEN_ENV) or None
+    check_token(host, token, require_token)
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    with writing(ws, "serve"):
+        for run in grid(cfg.train.backends, cfg.train.variants, cfg.train.models):
+            if ws.model(run).is_dir() and not is_current(ws.model(run), ws.export_of(run)):
+                stages.export_stage(ws, run)
+                say(f"exported {run.name} to {ws.export_of(run)}")
+    serve_exports(workspace_sources(ws.exports), host, port, max_length, token, reload_every, say)
+
+
+@app.command()
 def report(
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,

@@ -74,14 +74,20 @@ def stream_text(
     chosen; joined, the pieces are ``vocab.decode`` of the whole sequence. ``model`` is an
     engine of either framework or an exported model (``rnn.serving.runtime``): anything with
     ``stream(prefix_ids, num_preds, temperature, top_k, seed)``."""
-    check_prefix(vocab, prefix)
-    prefix_ids = vocab.encode(prefix)
-    if not prefix_ids:
-        raise PipelineError(f"prefix {prefix!r} has no tokens", "use a non-empty prefix")
+    ids = prefix_ids(vocab, prefix)
     sep = "" if vocab.token_type == "char" else " "
-    yield vocab.decode(prefix_ids)
-    for token in model.stream(prefix_ids, num_preds, temperature, top_k, seed):
+    yield vocab.decode(ids)
+    for token in model.stream(ids, num_preds, temperature, top_k, seed):
         yield sep + vocab.decode([token])
+
+
+def prefix_ids(vocab: Vocab, prefix: str) -> list[int]:
+    """The prefix's ids, once it is known to be something the model can read."""
+    check_prefix(vocab, prefix)
+    ids = vocab.encode(prefix)
+    if not ids:
+        raise PipelineError(f"prefix {prefix!r} has no tokens", "use a non-empty prefix")
+    return ids
 
 
 def check_prefix(vocab: Vocab, prefix: str) -> None:

@@ -91,3 +91,13 @@ def export_run(run: str, model_dir: Path, vocab_file: Path, out_dir: Path) -> Ex
     return ExportSummary(
         run, str(out_dir), cell, layers, args["num_hiddens"], vocab_size, sha256(model_bytes)
     )
+
+
+def is_current(model_dir: Path, out_dir: Path) -> bool:
+    """``out_dir`` holds an export of the weights ``model_dir`` holds now."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        exported = manifest["source"]["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return exported is not None and exported == read_record(model_dir).get("weights_sha256")
