@@ -2,8 +2,8 @@
 PostgreSQL behind the Prefect server on 127.0.0.1, a bare git origin, moto's S3 server as the
 DVC remote, and two process workers, each in a directory of its own standing for a machine.
 
-1. Two pipeline runs of `rnn-pipeline/pool` (different `train.lr`) at once: each fans its grid
-   out as `rnn-train` runs, both workers train, each pipeline ends with its own results, and the
+1. Two pipeline runs of `rnn-pipeline/pool` (different `train.lr`, PyTorch's half of the grid) at
+   once: each fans its grid out as `rnn-train` runs, both workers train, each pipeline ends with its own results, and the
    models hash as `dvc repro`'s with the same parameters.
 2. A worker machine killed with SIGKILL while it trains: its flow run ends Crashed within
    CRASH_BOUND_S, the training runs again on the other worker from the pushed checkpoint and ends
@@ -106,28 +106,28 @@ def secrets_in(home: Path, origin: Path, secrets: list[str], exclude: set[Path])
 def two_pipelines_fan_out_over_both_workers(pool: Pool, tiny_repro_hashes: dict) -> None:
     """Each pipeline's grid trains on both workers; the models hash as `dvc repro`'s."""
     api, base = pool.api, pool.base
-    ids = {  # the second narrowed to PyTorch: fewer TensorFlow start-ups on two cores
-        1.0: api.start("rnn-pipeline/pool", base),
-        2.0: api.start(
-            "rnn-pipeline/pool",
-            {**base, "backend": "torch", "overrides": {"train": {"lr": 2.0}}},
-        ),
+    # PyTorch's runs only: the flows do not depend on the framework, and TensorFlow start-ups
+    # are what two cores have least of (TensorFlow on a deployed worker: tests/e2e/test_e2e.py)
+    torch_only = {**base, "backend": "torch"}
+    ids = {
+        1.0: api.start("rnn-pipeline/pool", torch_only),
+        2.0: api.start("rnn-pipeline/pool", {**torch_only, "overrides": {"train": {"lr": 2.0}}}),
     }
     runs = api.wait_final(list(ids.values()))
     for run in runs.values():
         assert run.state.is_completed(), (run.state, api.logs(str(run.id))[-20:])
     trains = api.train_runs()
-    assert len(trains) == 6 and all(r.state.is_completed() for r in trains)
+    assert len(trains) == 4 and all(r.state.is_completed() for r in trains)
     assert {api.machine_of(str(r.id)) for r in trains} == {"worker-1", "worker-2"}
     step("two pipelines done")
     recorded = {lr: experiment(pool.origin, runs[i], pool.tmp) for lr, i in ids.items()}
-    assert len(recorded[1.0]["hashes"]) == 4
+    assert len(recorded[1.0]["hashes"]) == 2
     assert recorded[2.0]["params"]["train"]["lr"] == 2.0
     assert len(recorded[2.0]["hashes"]) == 2
     for path, digest in recorded[2.0]["hashes"].items():
         assert recorded[1.0]["hashes"][path] != digest  # another lr, other weights
     assert recorded[1.0]["hashes"] == {
-        k: v for k, v in tiny_repro_hashes.items() if k.startswith("data/models/")
+        k: v for k, v in tiny_repro_hashes.items() if k.startswith("data/models/torch-")
     }
 
 
