@@ -236,6 +236,24 @@ def export(
 
 
 @app.command()
+def artifacts(
+    write: Annotated[bool, typer.Option(help="rewrite dvc.yaml's artifacts section")] = False,
+    params: ParamsOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """The model registry's artifacts for params.yaml's models (every backend x variant x
+    model), printed as YAML, or written into dvc.yaml with --write."""
+    import yaml
+
+    ws, cfg = open_workspace(workdir, params)
+    if write:
+        with writing(ws, "artifacts"):
+            typer.echo(f"wrote {stages.write_artifacts(ws, cfg)}")
+        return
+    typer.echo(yaml.safe_dump(stages.model_artifacts(ws, cfg), sort_keys=False), nl=False)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
