@@ -1,8 +1,9 @@
 """Scheduled retraining: pull the newest code (the deployment clones origin's tip) and data,
-retrain only what changed (everything else is restored from the DVC run-cache), evaluate, and
-promote each model whose held-out perplexity is no worse than the promoted one's. A promotion
-is a git tag on the run's recorded experiment, pushed to origin (stores/promotion.py): every
-worker and the next run see it, and the weights it names are in the DVC remote."""
+retrain only what changed (everything else is restored from the DVC run-cache), evaluate,
+register each model as a version of the model registry, and promote each whose held-out
+perplexity is no worse than what ``prod`` holds: GTO tags on the run's recorded experiment,
+pushed to origin (stores/registry.py), so every worker and the next run see it, the history is
+kept, and the weights it names are in the DVC remote."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from flows.plan import machine_name
 from rnn.errors import PipelineError
 from rnn.evaluation.evaluate import read_eval
 from rnn.workspace import Workspace
-from stores import dvc_sync, promotion
+from stores import dvc_sync, registry
 
 
 def held_out_perplexity(eval_record: dict) -> float:
@@ -27,19 +28,22 @@ def held_out_perplexity(eval_record: dict) -> float:
 
 
 def decide(ws: Workspace, run: str, experiment: str) -> dict[str, Any]:
+    """Register ``run``'s model from ``experiment`` and give it ``prod`` if no worse."""
     candidate = held_out_perplexity(read_eval(ws.evals / run))
-    current = promotion.promoted_eval(ws.root, run)
-    old = None if current is None else held_out_perplexity(current)
+    version = registry.register(ws.root, run, registry.experiment_commit(ws.root, experiment))
+    held = registry.current(ws.root, run, registry.PROD)
+    record = None if held is None else registry.eval_at(ws.root, held[0])
+    old = None if record is None else held_out_perplexity(record)
     decision = "kept current"
     if old is None or candidate <= old:
-        commit = promotion.experiment_commit(ws.root, experiment)
-        expected = promotion.promoted_commit(ws.root, run)
-        won = promotion.promote(ws.root, run, commit, expected)
+        won = registry.assign(ws.root, run, version, registry.PROD)
         decision = "promoted" if won else "kept current (another run promoted first)"
     return {
         "run": run,
+        "version": version.version,
         "candidate ppl": round(candidate, 4),
-        "promoted ppl": None if old is None else round(old, 4),
+        "prod": None if held is None else held[0].version,
+        "prod ppl": None if old is None else round(old, 4),
         "decision": decision,
         "experiment": experiment,
     }
@@ -57,7 +61,7 @@ def retrain(
     if not dvc_sync.in_dvc_repo(ws.root):
         raise PipelineError(f"{ws.root} is not a DVC repository", "retrain runs in a clone")
     logger.info("retraining on machine %s in %s", machine_name(), ws.root)
-    promotion.fetch_promotions(ws.root)
+    registry.fetch_tags(ws.root)
     result = pipeline(
         params_file=params_file, backend=backend, workdir=str(ws.root), fan_out=fan_out
     )
@@ -67,11 +71,13 @@ def retrain(
     decisions = [decide(ws, run, experiment) for run in result["runs"]]
     for d in decisions:
         logger.info(
-            "%s: %s (candidate %s, promoted %s)",
+            "%s %s: %s (candidate %s, prod %s %s)",
             d["run"],
+            d["version"],
             d["decision"],
             d["candidate ppl"],
-            d["promoted ppl"],
+            d["prod"],
+            d["prod ppl"],
         )
     create_table_artifact(
         key="rnn-promotion",

@@ -259,31 +259,51 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     max_length: Annotated[int, typer.Option(min=1, help="longest generation allowed")] = 2000,
     reload_every: Annotated[
-        float, typer.Option(min=0.1, help="seconds between looks for changed exports")
+        float, typer.Option(min=0.1, help="seconds between looks for changed models")
     ] = 2.0,
     require_token: Annotated[
         bool, typer.Option(help="want RNN_SERVE_TOKEN even on 127.0.0.1")
     ] = False,
+    origin: Annotated[
+        str | None,
+        typer.Option("--from", help="a project's git origin: serve its registry's models"),
+    ] = None,
+    stage: Annotated[str, typer.Option(help="with --from: the stage to serve")] = "prod",
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Serve the workspace's trained runs over HTTP (exported to ONNX first where the export is
-    missing or older than the model): GET /models, POST /generate (streamed), a page at /."""
+    """Serve models over HTTP: GET /models, POST /generate (streamed), a page at /. The
+    workspace's trained runs (exported to ONNX first where the export is missing or older than
+    the model), or with --from the models a stage holds in a project's registry, followed as it
+    changes."""
     import os
+    import tempfile
 
-    from rnn.export.bundle import is_current
-    from rnn.serving.server import TOKEN_ENV, check_token, serve_exports, workspace_sources
+    from rnn.serving.server import TOKEN_ENV, check_token, registry_sources, serve_exports
 
-    ws, cfg = open_workspace(workdir, params)
     token = os.environ.get(TOKEN_ENV) or None
     check_token(host, token, require_token)
     say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    if origin is not None:
+        with tempfile.TemporaryDirectory(prefix="rnn-serve-") as cache:
+            sources = registry_sources(origin, stage, Path(cache), say)
+            serve_exports(sources, host, port, max_length, token, reload_every, say)
+        return
+    ws, cfg = open_workspace(workdir, params)
+    serve_exports(_exported(ws, cfg, say), host, port, max_length, token, reload_every, say)
+
+
+def _exported(ws: Workspace, cfg: Params, say):
+    """The workspace's trained runs, exported where the export is missing or stale."""
+    from rnn.export.bundle import is_current
+    from rnn.serving.server import workspace_sources
+
     with writing(ws, "serve"):
         for run in grid(cfg.train.backends, cfg.train.variants, cfg.train.models):
             if ws.model(run).is_dir() and not is_current(ws.model(run), ws.export_of(run)):
                 stages.export_stage(ws, run)
                 say(f"exported {run.name} to {ws.export_of(run)}")
-    serve_exports(workspace_sources(ws.exports), host, port, max_length, token, reload_every, say)
+    return workspace_sources(ws.exports)
 
 
 @app.command()
@@ -305,31 +325,70 @@ def report(
 
 @app.command()
 def generate(
-    backend: Backend,
-    variant: Variant,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="torch | tf")] = None,
+    variant: Annotated[
+        str | None, typer.Option("--variant", "-v", help="scratch | concise")
+    ] = None,
     model: ModelOpt = None,
     prefix: Annotated[str, typer.Option(help="text to warm the state up on")] = "time traveller",
     num_preds: Annotated[int, typer.Option(min=1)] = 50,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy argmax")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0, help="sample among the k likeliest; 0 = all")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    origin: Annotated[
+        str | None,
+        typer.Option("--from", help="a project's git origin: use its registry's model instead"),
+    ] = None,
+    artifact: Annotated[
+        str | None, typer.Option(help="with --from: the model's name (torch-scratch-rnn, ...)")
+    ] = None,
+    stage: Annotated[str, typer.Option(help="with --from: whose model to use")] = "prod",
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Generate text from a trained model, greedy or sampled, written as it is produced."""
-    from rnn.data.tokens import stream_text
-    from rnn.evaluation.evaluate import load_trained
-
-    ws, loaded = open_workspace(workdir, params)
-    run = run_key(loaded, backend, variant, model)
-    engine, vocab = load_trained(backend, variant, loaded, ws.model(run), ws.vocab)
+    """Generate text from a trained model, greedy or sampled, written as it is produced: a run
+    of this workspace, or with --from a registered model fetched from another project's origin
+    and DVC remote (no checkout needed; run on onnxruntime)."""
+    if origin is not None:
+        pieces = _registered_text(origin, artifact, stage, prefix, num_preds, temperature,
+                                  top_k, seed)  # fmt: skip
+    else:
+        pieces = _workspace_text(backend, variant, model, params, workdir,
+                                 prefix, num_preds, temperature, top_k, seed)  # fmt: skip
     try:
-        for piece in stream_text(engine, vocab, prefix, num_preds, temperature, top_k, seed):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
     finally:  # Ctrl-C ends the text's line before the one-line message
         sys.stdout.write("\n")
         sys.stdout.flush()
+
+
+def _workspace_text(backend, variant, model, params, workdir, *generation) -> Iterator[str]:
+    from rnn.data.tokens import stream_text
+    from rnn.evaluation.evaluate import load_trained
+
+    if backend is None or variant is None:
+        raise click_exceptions.UsageError(
+            "Missing option '--backend' / '--variant' (or --from with --artifact)"
+        )
+    ws, loaded = open_workspace(workdir, params)
+    run = run_key(loaded, backend, variant, model)
+    engine, vocab = load_trained(run.backend, run.variant, loaded, ws.model(run), ws.vocab)
+    return stream_text(engine, vocab, *generation)
+
+
+def _registered_text(origin, artifact, stage, *generation) -> Iterator[str]:
+    import tempfile
+
+    from rnn.serving.fetch import fetch_registered
+    from rnn.serving.runtime import OnnxModel
+
+    if artifact is None:
+        raise click_exceptions.UsageError("--from needs --artifact (the model's name)")
+    with tempfile.TemporaryDirectory(prefix="rnn-generate-") as scratch:
+        model = OnnxModel(fetch_registered(origin, artifact, stage, Path(scratch)))
+    return model.stream_text(*generation)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -25,6 +25,8 @@ import yaml
 from stores import dvc_sync
 
 STAGES = ("dev", "staging", "prod")
+PROD = "prod"
+LEGACY_TAGS = "refs/tags/promoted/"  # the promotions before the registry: promoted/<run>
 AUTHOR = {"author": "rnn-pipeline", "author_email": "rnn-pipeline@localhost"}
 
 
@@ -44,8 +46,7 @@ def declared(root: Path) -> set[str]:
 def fetch_tags(root: Path) -> None:
     """Origin's registry tags here (a tag moved or removed on origin follows)."""
     if dvc_sync.git_origin(root):
-        dvc_sync.git(root, "fetch", "-q", "--force", "--tags", "--prune-tags", "origin",
-                     check=False)  # fmt: skip
+        dvc_sync.git(root, "fetch", "-q", "--force", "--tags", "origin", check=False)
 
 
 def _tags(root: Path, pattern: str) -> dict[str, str]:
@@ -154,3 +155,100 @@ def history(root: Path, name: str) -> list[dict]:
     import gto.api
 
     return list(reversed(gto.api.history(str(root), name)))
+
+
+def experiment_commit(root: Path, name: str) -> str:
+    """The commit of the recorded run (DVC experiment) ``name``."""
+    refs = dvc_sync.git(root, "for-each-ref", "refs/exps", "--format=%(objectname) %(refname)")
+    for line in refs.stdout.splitlines():
+        sha, ref = line.split(" ", 1)
+        if ref.endswith(f"/{name}"):
+            return sha
+    raise LookupError(f"no experiment {name} in {root}")
+
+
+def models(root: Path) -> list[dict]:
+    """Every declared model with its versions and what each stage holds now."""
+    rows = []
+    for name in sorted(declared(root)):
+        known = versions(root, name)
+        if not known:
+            continue
+        held = {stage: current(root, name, stage) for stage in STAGES}
+        rows.append({
+            "model": name,
+            "versions": [v.version for v in known],
+            **{stage: h[0].version if h else None for stage, h in held.items()},
+        })  # fmt: skip
+    return rows
+
+
+def migrate_promotions(root: Path) -> list[str]:
+    """Each ``promoted/<run>`` tag (the promotions before the registry) as a registered version
+    holding ``prod``, unless prod already holds that commit; the old tags are left as they were.
+    Returns one line per model."""
+    if dvc_sync.git_origin(root):
+        dvc_sync.git(root, "fetch", "-q", "--force", "origin",
+                     f"+{LEGACY_TAGS}*:{LEGACY_TAGS}*", check=False)  # fmt: skip
+    fetch_tags(root)
+    lines = []
+    for tag, commit in sorted(_tags(root, "promoted/*").items()):
+        name = tag.removeprefix("promoted/")
+        version = register(root, name, commit)
+        held = current(root, name, PROD)
+        if held and held[0] == version:
+            lines.append(f"{name}: prod already holds {version.version}")
+        elif assign(root, name, version, PROD):
+            lines.append(f"{name}: {tag} is {version.version}, now in prod")
+        else:
+            lines.append(f"{name}: another run assigned prod meanwhile; run this again")
+    return lines
+
+
+def _cli():
+    import typer
+
+    from rnn.errors import PipelineError
+
+    app = typer.Typer(help="The model registry (GTO tags on origin).", no_args_is_help=True,
+                      pretty_exceptions_enable=False, add_completion=False)  # fmt: skip
+    workdir_opt = typer.Option("--workdir", "-w", help="a clone of the project")
+
+    @app.command("list")
+    def list_command(workdir: Path = workdir_opt) -> None:
+        """Every registered model: its versions and the version each stage holds."""
+        root = workdir.resolve()
+        fetch_tags(root)
+        for row in models(root):
+            stages = ", ".join(f"{s}: {row[s]}" for s in STAGES if row[s])
+            typer.echo(f"{row['model']}  {' '.join(row['versions'])}  {stages or 'no stage'}")
+
+    @app.command("history")
+    def history_command(name: str, workdir: Path = workdir_opt) -> None:
+        """Registrations and assignments of one model, oldest first."""
+        root = workdir.resolve()
+        fetch_tags(root)
+        for e in history(root, name):
+            stage = f" {e['stage']}" if e.get("stage") else ""
+            typer.echo(f"{e['timestamp']}  {e['event']}  {e['version']}{stage}")
+
+    @app.command("migrate")
+    def migrate_command(workdir: Path = workdir_opt) -> None:
+        """Turn the promoted/<run> tags into registered versions holding prod, on origin."""
+        for line in migrate_promotions(workdir.resolve()):
+            typer.echo(line)
+
+    def main() -> None:
+        import sys
+
+        try:
+            app()
+        except PipelineError as err:
+            print(err.one_line(), file=sys.stderr)
+            sys.exit(2)
+
+    return main
+
+
+if __name__ == "__main__":
+    _cli()()

@@ -21,17 +21,29 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test corpora not found under {CORPORA}; set RNN_SHARED")
 
 
-# The end-to-end modules, longest first (on 2 cores: pool 10 minutes, flows 12 over 7 tests,
-# machines 6, e2e 1, data_parallel 5 over many short tests).
-E2E_ORDER = ("test_pool", "test_flows", "test_machines", "test_e2e", "test_data_parallel")
+# The end-to-end modules, longest first (on 2 cores, beside the other process: pool 11 minutes,
+# flows 7 over 7 tests, machines 4, sweep pool 4, e2e 1, data_parallel 5 over many short tests).
+E2E_ORDER = (
+    "test_pool", "test_flows", "test_machines", "test_sweep_pool", "test_e2e", "test_data_parallel"
+)  # fmt: skip
+# The longest modules in two groups of about equal time, one per test process from the start
+# (pytest-xdist --dist loadgroup), so that neither ends with a long test alone; the two pool
+# stacks (test_pool, test_sweep_pool) share a group, so they never run at once. Every other
+# test is dealt out one at a time, longest first, to whichever process is free.
+GROUPS = {
+    "test_pool": "pools",
+    "test_sweep_pool": "pools",
+    "test_e2e": "pools",
+    "test_flows": "flows",
+    "test_machines": "flows",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first: end-to-end (the pool's test first), then integration, then unit, slow ones
-    first within a tier, so that the test processes side by side (pytest-xdist) finish together
-    instead of one waiting on a late end-to-end test. (Measured on 2 cores: a third process, or
-    the end-to-end tests dealt out to every process at once, made the suite slower: they are
-    CPU-bound too.)"""
+    first within a tier, so that the test processes side by side finish together instead of one
+    waiting on a late end-to-end test. (Measured on 2 cores: a third process made the suite
+    slower: the tests are CPU-bound.)"""
     tiers = {"e2e": 0, "integration": 2, "unit": 4}
 
     def rank(item: pytest.Item) -> tuple[int, int]:
@@ -42,6 +54,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return tier + (0 if slow else 1), order
 
     items.sort(key=rank)
+    for item in items:
+        group = GROUPS.get(item.path.stem)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

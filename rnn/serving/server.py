@@ -94,6 +94,29 @@ def workspace_sources(exports: Path) -> Callable[[], list[Source]]:
     return sources
 
 
+def registry_sources(
+    origin: str, stage: str, cache: Path, log: Callable[[str], None]
+) -> Callable[[], list[Source]]:
+    """The models whose ``stage`` is assigned in ``origin``'s registry, each fetched (from the
+    DVC remote) and exported into ``cache`` once per version."""
+    from rnn.serving.fetch import fetch_at, stage_holders
+
+    def sources() -> list[Source]:
+        found = []
+        for name, holder in stage_holders(origin, stage).items():
+            where = cache / name / holder.commit
+            if not (where / "export" / MANIFEST).is_file():
+                try:
+                    fetch_at(origin, name, holder.commit, where)
+                except PipelineError as err:
+                    log(f"not serving {name} {holder.version}: {err}")
+                    continue
+            found.append(Source(name, where / "export", stage, holder.version))
+        return found
+
+    return sources
+
+
 class ModelSet:
     """The served models by name. ``refresh`` loads what changed and swaps the whole mapping in
     one assignment, so a reader sees the old set or the new one, never a mix."""
@@ -105,8 +128,13 @@ class ModelSet:
 
     def refresh(self) -> None:
         with self._refreshing:
+            try:
+                sources = self.sources()
+            except (PipelineError, OSError) as err:  # origin away: serve what is loaded
+                self.log(f"kept the served models: {err}")
+                return
             current, fresh = self._models, {}
-            for source in self.sources():
+            for source in sources:
                 sha = _onnx_sha256(source.directory)
                 old = current.get(source.name)
                 if old is not None and old.onnx_sha256 == sha and old.source == source:

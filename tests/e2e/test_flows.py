@@ -249,9 +249,11 @@ def the_default_remote_takes_a_push_and_gives_it_back(repo: Path) -> None:
     assert (repo / "data" / "corpus.parquet").is_file()
 
 
-def fake_better_promotion(repo: Path, run: str) -> None:
-    """Move tag promoted/<run> to a commit whose eval.json claims perplexity 1 everywhere."""
-    commit = sh("git", "rev-parse", f"promoted/{run}^{{commit}}", cwd=repo).stdout.strip()
+def fake_better_prod(repo: Path, run: str) -> None:
+    """Give prod a version registered at a commit whose eval.json claims perplexity 1."""
+    from stores import registry
+
+    commit = registry.current(repo, run, registry.PROD)[0].commit
     path = f"data/eval/{run}/eval.json"
     record = json.loads(sh("git", "show", f"{commit}:{path}", cwd=repo).stdout)
     record["perplexity"] = {k: 1.0 for k in record["perplexity"]}
@@ -264,22 +266,11 @@ def fake_better_promotion(repo: Path, run: str) -> None:
     tree = subprocess.run(
         ["git", "write-tree"], cwd=repo, env=env, check=True, capture_output=True, text=True
     ).stdout.strip()
-    better = sh(
-        "git",
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@t",
-        "commit-tree",
-        tree,
-        "-p",
-        commit,
-        "-m",
-        "better",
-        cwd=repo,
-    ).stdout.strip()
-    sh("git", "tag", "-f", f"promoted/{run}", better, cwd=repo)
+    ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    better = sh("git", *ident, "commit-tree", tree, "-p", commit, "-m", "better", cwd=repo)
     fake.unlink()
+    version = registry.register(repo, run, better.stdout.strip())
+    assert registry.assign(repo, run, version, registry.PROD)
 
 
 def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
@@ -287,24 +278,35 @@ def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from flows.retrain import retrain
-    from stores.promotion import promoted_commit, promoted_eval
+    from stores import registry
 
     monkeypatch.chdir(repo)
     first = retrain(backend="torch", return_state=True).result()
     assert {d["decision"] for d in first["decisions"]} == {"promoted"}
-    # The promotion is a git tag on the run's experiment commit, not a local copy.
-    assert not (repo / "data/promoted").exists()
-    scratch_commit = promoted_commit(repo, "torch-scratch-rnn")
-    shown = sh("git", "show", f"{scratch_commit}:dvc.lock", cwd=repo).stdout
-    assert "data/models/torch-scratch-rnn" in shown
-    assert promoted_eval(repo, "torch-scratch-rnn")["run"] == "torch-scratch-rnn"
-    # Pretend the promoted model is better than anything retraining can produce.
-    fake_better_promotion(repo, "torch-scratch-rnn")
+    # A promotion is a registered version holding prod: GTO tags on the run's experiment commit
+    scratch = "torch-scratch-rnn"
+    holder, tag = registry.current(repo, scratch, registry.PROD)
+    assert (holder.version, tag) == ("v1.0.0", f"{scratch}#prod#1")
+    lock = sh("git", "show", f"{holder.commit}:dvc.lock", cwd=repo).stdout
+    assert f"data/models/{scratch}" in lock
+    assert registry.eval_at(repo, holder)["run"] == scratch
+    # Pretend prod holds a model better than anything retraining can produce.
+    fake_better_prod(repo, scratch)
     state = retrain(backend="torch", return_state=True)
     decisions = {d["run"]: d["decision"] for d in state.result()["decisions"]}
     # Same data and parameters retrain the same concise model: equal is "no worse", promoted.
-    assert decisions == {"torch-scratch-rnn": "kept current", "torch-concise-rnn": "promoted"}
-    assert promoted_eval(repo, "torch-scratch-rnn")["perplexity"]["valid"] == 1.0
+    assert decisions == {scratch: "kept current", "torch-concise-rnn": "promoted"}
+    held = registry.current(repo, scratch, registry.PROD)[0]
+    assert registry.eval_at(repo, held)["perplexity"]["valid"] == 1.0
+    # the history keeps every version and assignment; the one kept out of prod is registered
+    events = [(e["event"], e["version"], e["stage"]) for e in registry.history(repo, scratch)]
+    assert events == [
+        ("registration", "v1.0.0", None),
+        ("assignment", "v1.0.0", "prod"),
+        ("registration", "v2.0.0", None),
+        ("assignment", "v2.0.0", "prod"),
+        ("registration", "v3.0.0", None),
+    ]
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(

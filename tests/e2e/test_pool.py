@@ -8,8 +8,8 @@ DVC remote, and two process workers, each in a directory of its own standing for
 2. A worker machine killed with SIGKILL while it trains: its flow run ends Crashed within
    CRASH_BOUND_S, the training runs again on the other worker from the pushed checkpoint and ends
    byte-identical to an uninterrupted run.
-3. `pool up` again restarts the dead worker; the retrain deployment promotes on one worker and
-   the promotion is visible from the other machine.
+3. `pool up` again restarts the dead worker; the retrain deployment assigns prod in the model
+   registry on one worker, and the other machine fetches the prod model with no checkout.
 4. The API refuses a client without the credential and serves one with it.
 5. The server killed and brought back by `pool up`, then the database restarted, under a pipeline
    that trains: the run rides both out and completes; the workers are left running.
@@ -49,7 +49,7 @@ from tests.support.pool import (
     step,
     wait_until,
 )
-from tests.support.workspace import TIME_MACHINE, tiny_params
+from tests.support.workspace import ROOT, TIME_MACHINE, tiny_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -182,8 +182,9 @@ def a_dead_machines_training_resumes_on_the_other(pool: Pool) -> None:
 
 
 def retraining_promotes_where_every_machine_sees_it(pool: Pool) -> None:
-    """`pool up` brings the dead machine back; the retrain deployment promotes on one worker and
-    the other machine fetches the promoted model from origin and the remote."""
+    """`pool up` brings the dead machine back; the retrain deployment registers both models and
+    assigns them prod on one worker, and the other machine, with no checkout, fetches the prod
+    model from origin and the remote (`dvc artifacts get`)."""
     api = pool.api
     assert pool_cli(*pool.up, env=pool.env)["workers"] == {n: True for n in MACHINE_WORKERS}
     pool.reload()
@@ -191,25 +192,46 @@ def retraining_promotes_where_every_machine_sees_it(pool: Pool) -> None:
     done = api.wait_final([retrain])[retrain]
     assert done.state.is_completed(), api.logs(retrain)[-20:]
     promoter = api.machine_of(retrain)
-    tags = git("ls-remote", str(pool.origin), "refs/tags/promoted/*", cwd=pool.tmp)
-    assert {line.rsplit("/", 1)[1] for line in tags.split("\n") if line} == {
-        "torch-scratch-rnn",
-        "torch-concise-rnn",
-    }
+    tags = git("ls-remote", "--tags", str(pool.origin), cwd=pool.tmp).split()
+    prod = sorted(t.removeprefix("refs/tags/") for t in tags if "#prod#" in t)
+    assert prod == ["torch-concise-rnn#prod#1", "torch-scratch-rnn#prod#1"]
     other = next(m for m in ("worker-1", "worker-2") if m != promoter)
     view = pool.home / "machines" / other / "view"
-    git("clone", "-q", str(pool.origin), str(view), cwd=view.parent)
-    git("fetch", "-q", "origin", "refs/tags/promoted/*:refs/tags/promoted/*", cwd=view)
-    git("checkout", "-q", "promoted/torch-concise-rnn", cwd=view)
-    sh = {"cwd": view, "env": pool.check_env, "check": True, "capture_output": True}
+    view.mkdir()
     remote, endpoint = pool.s3["RNN_DVC_REMOTE"], pool.s3["RNN_DVC_REMOTE_ENDPOINT"]
-    subprocess.run(["dvc", "remote", "add", "--local", "-d", "s3", remote], **sh)
-    subprocess.run(["dvc", "remote", "modify", "--local", "s3", "endpointurl", endpoint], **sh)
-    subprocess.run(["dvc", "pull", "-q", "train@torch-concise-rnn"], **sh)
-    record = json.loads((view / "data/models/torch-concise-rnn/run.json").read_text())
+    config = view.parent / "remote.conf"  # where the remote is; the keys are in the environment
+    config.write_text(
+        f"[core]\n    remote = s3\n['remote \"s3\"']\n    url = {remote}\n"
+        f"    endpointurl = {endpoint}\n"
+    )
+    subprocess.run(
+        ["dvc", "artifacts", "get", str(pool.origin), "torch-concise-rnn", "--stage", "prod",
+         "-o", "model", "--config", str(config)],
+        cwd=view, env=pool.check_env, check=True, capture_output=True,
+    )  # fmt: skip
+    record = json.loads((view / "model/run.json").read_text())
     assert record["variant"] == "concise"
-    evaluated = json.loads((view / "data/eval/torch-concise-rnn/eval.json").read_text())
+    evaluated = json.loads(
+        git("--git-dir", str(pool.origin), "show",
+            "refs/tags/torch-concise-rnn#prod#1:data/eval/torch-concise-rnn/eval.json",
+            cwd=pool.tmp)
+    )  # fmt: skip
     assert evaluated["run"] == "torch-concise-rnn"
+    # `rnn generate --from` in an empty directory: the prod model's text, as evaluated
+    empty = view / "generate"
+    empty.mkdir()
+    machine_remote = {**pool.check_env, "RNN_DVC_REMOTE": remote,
+                      "RNN_DVC_REMOTE_ENDPOINT": endpoint}  # fmt: skip
+    generated = subprocess.run(
+        [sys.executable, "-m", "rnn.cli", "generate", "--from", str(pool.origin),
+         "--artifact", "torch-concise-rnn", "--stage", "prod", "--prefix", "time traveller",
+         "--num-preds", str(len(evaluated["samples"]["time traveller"]) - len("time traveller"))],
+        cwd=empty, env={**machine_remote, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.rstrip("\n") == evaluated["samples"]["time traveller"]
+    assert not any(empty.iterdir())  # nothing left behind but the text
 
 
 def the_api_wants_its_credential(pool: Pool) -> None:

@@ -142,3 +142,20 @@ def test_dvc_yaml_declares_every_run_of_params_yaml():
     assert set(generated) == {
         f"{b}-{v}-rnn" for b in ("torch", "tf") for v in ("scratch", "concise")
     }
+
+
+def test_promoted_tags_migrate_into_the_registry(origin, tmp_path):
+    """`python -m stores.registry migrate`: each promoted/<run> tag becomes a version holding
+    prod, on origin; a second migration changes nothing; `list` shows it."""
+    origin, remote = origin
+    a = clone(origin, tmp_path / "a", remote)
+    commit = train_and_record(a, "promoted weights")
+    sh(a, "git", "tag", f"promoted/{NAME}", commit)
+    sh(a, "git", "push", "-q", "origin", f"refs/tags/promoted/{NAME}")
+    b = clone(origin, tmp_path / "b", remote)
+    cli = [sys.executable, "-m", "stores.registry"]
+    migrated = sh(ROOT, *cli, "migrate", "-w", str(b))
+    assert f"promoted/{NAME} is v1.0.0, now in prod" in migrated
+    assert "prod already holds v1.0.0" in sh(ROOT, *cli, "migrate", "-w", str(b))
+    c = clone(origin, tmp_path / "c", remote)
+    assert sh(ROOT, *cli, "list", "-w", str(c)).split() == [NAME, "v1.0.0", "prod:", "v1.0.0"]

@@ -1,0 +1,117 @@
+"""A registered model fetched onto a machine with no checkout of the project: the commit its
+stage's newest assignment names (GTO's ``<name>#<stage>#<n>`` tags on origin), its run directory
+and vocabulary at that commit from the DVC remote (``dvc get``, run as a program), then exported
+(``rnn export``), which verifies the weights against their record before anything uses them.
+
+The remote is the one the project's ``.dvc/config`` names, or the machine's own
+(``RNN_DVC_REMOTE``, ``RNN_DVC_REMOTE_ENDPOINT``, the keys in ``AWS_*``): the credentials stay in
+the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnn.data.tokens import VOCAB_FILE
+from rnn.errors import PipelineError
+from rnn.export.bundle import export_run
+from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV
+from rnn.store.dvc_cli import dvc_command
+from rnn.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What a stage of one model holds on origin: the commit, and its version's name."""
+
+    commit: str
+    version: str
+
+
+def _origin_tags(origin: str) -> dict[str, str]:
+    """Every tag on ``origin`` -> the commit it names (annotated tags peeled)."""
+    listed = subprocess.run(["git", "ls-remote", "--tags", origin], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise PipelineError(
+            f"cannot read the tags of {origin}: {listed.stderr.strip().splitlines()[-1:]}",
+            "check the origin's URL and your access to it",
+        )
+    tags: dict[str, str] = {}
+    for line in sorted(listed.stdout.splitlines(), key=lambda x: x.endswith("^{}")):
+        sha, ref = line.split("\t", 1)
+        tags[ref.removeprefix("refs/tags/").removesuffix("^{}")] = sha  # peeled last, kept
+    return tags
+
+
+def stage_holders(origin: str, stage: str) -> dict[str, Holder]:
+    """Every model whose ``stage`` is assigned on ``origin``: the newest assignment's commit."""
+    tags = _origin_tags(origin)
+    newest: dict[str, tuple[int, str]] = {}
+    for tag, sha in tags.items():
+        name, sep, rest = tag.partition(f"#{stage}#")
+        if sep and rest.isdigit() and int(rest) > newest.get(name, (0, ""))[0]:
+            newest[name] = (int(rest), sha)
+    versions = {(tag.split("@", 1)[0], sha): tag.split("@", 1)[1] for tag, sha in tags.items()
+                if "@v" in tag}  # fmt: skip
+    return {
+        name: Holder(sha, versions.get((name, sha), sha[:12]))
+        for name, (_, sha) in sorted(newest.items())
+    }
+
+
+def stage_holder(origin: str, name: str, stage: str) -> Holder:
+    holder = stage_holders(origin, stage).get(name)
+    if holder is None:
+        raise PipelineError(
+            f"no model {name!r} in stage {stage!r} on {origin}",
+            "pick a registered model and stage (`python -m stores.registry list` in a clone)",
+        )
+    return holder
+
+
+def _remote_config(dest: Path) -> list[str]:
+    """``--config FILE`` naming this machine's remote, or nothing (the project's default)."""
+    url = os.environ.get(DVC_REMOTE_ENV)
+    if not url:
+        return []
+    lines = ["[core]", "    remote = machine", "['remote \"machine\"']", f"    url = {url}"]
+    endpoint = os.environ.get(DVC_REMOTE_ENDPOINT_ENV)
+    if endpoint:
+        lines.append(f"    endpointurl = {endpoint}")
+    config = dest / "remote.conf"
+    config.write_text("\n".join(lines) + "\n")
+    return ["--config", str(config)]
+
+
+def _dvc_get(origin: str, path: str, commit: str, out: Path, config: list[str]) -> None:
+    got = subprocess.run(
+        [*dvc_command(), "get", origin, path, "--rev", commit, "-o", str(out), "--force", *config],
+        capture_output=True,
+        text=True,
+    )
+    if got.returncode != 0:
+        reason = (got.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PipelineError(
+            f"could not fetch {path} at {commit[:12]} from {origin}: {reason}",
+            f"check the DVC remote ({DVC_REMOTE_ENV}) and its credentials",
+        )
+
+
+def fetch_registered(origin: str, name: str, stage: str, dest: Path) -> Path:
+    """Fetch ``name``'s ``stage`` model into ``dest`` and export it; returns the export."""
+    return fetch_at(origin, name, stage_holder(origin, name, stage).commit, dest)
+
+
+def fetch_at(origin: str, name: str, commit: str, dest: Path) -> Path:
+    """Fetch the run ``name`` recorded at ``commit`` into ``dest`` and export it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    config = _remote_config(dest)
+    project = Workspace.at(dest)  # the project's layout, for the paths inside origin
+    model, vocab = project.models / name, project.vocab / VOCAB_FILE
+    _dvc_get(origin, model.relative_to(dest).as_posix(), commit, dest / "model", config)
+    _dvc_get(origin, vocab.relative_to(dest).as_posix(), commit, dest / "vocab.json", config)
+    export_run(name, dest / "model", dest / "vocab.json", dest / "export")
+    return dest / "export"
