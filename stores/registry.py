@@ -154,7 +154,11 @@ def history(root: Path, name: str) -> list[dict]:
     """Registrations and assignments of ``name``, oldest first (GTO's history)."""
     import gto.api
 
-    return list(reversed(gto.api.history(str(root), name)))
+    events = gto.api.history(str(root), name)
+    # tags carry whole seconds: within one, a version's registration before its assignments
+    return sorted(
+        events, key=lambda e: (e["timestamp"], _number(e["version"]), e["event"] != "registration")
+    )
 
 
 def experiment_commit(root: Path, name: str) -> str:

@@ -26,10 +26,12 @@ from tests.support.workspace import ROOT, free_port, stop, tiny_params
 NAME = "torch-scratch-rnn"
 DVC = str(Path(sys.executable).with_name("dvc"))
 SAMPLED = {"temperature": 1.0, "seed": 3}
+# `dvc repro` runs `python -m rnn.cli`: this environment's Python
+PATH_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def sh(cwd: Path, *cmd: str, env: dict | None = None) -> str:
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+def sh(cwd: Path, *cmd: str) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=PATH_ENV)
     assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout}{done.stderr}"
     return done.stdout
 
@@ -67,7 +69,7 @@ def project(tmp_path_factory) -> dict:
     sh(work, DVC, "remote", "add", "--local", "-d", "shared", str(remote))
     first = train_and_promote(work, 1.0)
     # the machines that use the model know the remote, nothing else of the project
-    env = {**os.environ, "RNN_DVC_REMOTE": str(remote), "PYTHONPATH": str(ROOT)}
+    env = {**PATH_ENV, "RNN_DVC_REMOTE": str(remote), "PYTHONPATH": str(ROOT)}
     return {"base": base, "origin": origin, "work": work, "env": env, "first": first}
 
 
