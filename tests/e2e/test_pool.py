@@ -192,7 +192,7 @@ def retraining_promotes_where_every_machine_sees_it(pool: Pool) -> None:
     done = api.wait_final([retrain])[retrain]
     assert done.state.is_completed(), api.logs(retrain)[-20:]
     promoter = api.machine_of(retrain)
-    tags = git("ls-remote", "--tags", str(pool.origin), cwd=pool.tmp).split()
+    tags = git("ls-remote", "--tags", "--refs", str(pool.origin), cwd=pool.tmp).split()
     prod = sorted(t.removeprefix("refs/tags/") for t in tags if "#prod#" in t)
     assert prod == ["torch-concise-rnn#prod#1", "torch-scratch-rnn#prod#1"]
     other = next(m for m in ("worker-1", "worker-2") if m != promoter)
