@@ -21,49 +21,31 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test corpora not found under {CORPORA}; set RNN_SHARED")
 
 
-# The end-to-end modules, longest first (on 2 cores, beside the other process: pool 11 minutes,
-# flows 7 over 7 tests, machines 4, sweep pool 4, e2e 1, data_parallel 5 over many short tests).
+# The end-to-end modules, longest first (on 2 cores: pool 10 minutes, sweep pool 4, flows 12 over
+# 7 tests, machines 6, e2e 1, data_parallel 5 over many short tests). (Measured: starting the
+# other process on end-to-end modules too, two lanes of them side by side, took 2,374 s against
+# 2,025: two stacks of servers and workers at once oversubscribe two cores.)
 E2E_ORDER = (
-    "test_pool", "test_flows", "test_machines", "test_sweep_pool", "test_e2e", "test_data_parallel"
+    "test_pool", "test_sweep_pool", "test_flows", "test_machines", "test_e2e", "test_data_parallel"
 )  # fmt: skip
-# The longest modules in two lanes of about equal time, one per test process from the start, so
-# that neither process ends with a long test alone; the two pool stacks (test_pool,
-# test_sweep_pool) share a lane, so they never run at once.
-LANES = (("test_pool", "test_sweep_pool", "test_e2e"), ("test_flows", "test_machines"))
-
-
-def rank(item: pytest.Item) -> tuple[int, int]:
-    """End-to-end first (the pool's test first), then integration, then unit; slow ones first
-    within a tier."""
-    tier = {"e2e": 0, "integration": 2, "unit": 4}.get(item.path.parent.name, 4)
-    slow = item.get_closest_marker("e2e") or item.get_closest_marker("slow")
-    module = item.path.stem
-    order = E2E_ORDER.index(module) if module in E2E_ORDER else len(E2E_ORDER)
-    return tier + (0 if slow else 1), order
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each lane heads one half of the collection, the other tests dealt alternately behind them,
-    longest first. pytest-xdist's ``worksteal`` gives the first half to one process and the
-    second to the other, and a process that runs out takes the shortest half of what the other
-    has left. (Measured on 2 cores: a third process made the suite slower: the tests are
-    CPU-bound. ``loadgroup`` would say the same with marks, but pytest 9.2 stopped it grouping:
-    pytest-xdist issue 1386.)"""
+    """Longest first: end-to-end (the pool's test first), then integration, then unit, slow ones
+    first within a tier, so that the test processes side by side (pytest-xdist) finish together
+    instead of one waiting on a late end-to-end test. (Measured on 2 cores: a third process, or
+    the end-to-end tests dealt out to every process at once, made the suite slower: they are
+    CPU-bound too.)"""
+    tiers = {"e2e": 0, "integration": 2, "unit": 4}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        tier = tiers.get(item.path.parent.name, 4)
+        slow = item.get_closest_marker("e2e") or item.get_closest_marker("slow")
+        module = item.path.stem
+        order = E2E_ORDER.index(module) if module in E2E_ORDER else len(E2E_ORDER)
+        return tier + (0 if slow else 1), order
+
     items.sort(key=rank)
-    lanes: list[list[pytest.Item]] = [[] for _ in LANES]
-    rest = []
-    for item in items:
-        lane = next((k for k, modules in enumerate(LANES) if item.path.stem in modules), None)
-        (rest if lane is None else lanes[lane]).append(item)
-    for index, item in enumerate(rest):
-        lanes[index % 2].append(item)
-    first, second = lanes
-    half = len(items) // 2
-    while len(first) > half:  # the shortest of one half move to the other's end
-        second.append(first.pop())
-    while len(first) < half:
-        first.append(second.pop())
-    items[:] = first + second
 
 
 @pytest.fixture(scope="session")
