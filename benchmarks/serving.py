@@ -164,7 +164,7 @@ def measure(ws: Path, runs: list[tuple[str, str, str]], seconds: float) -> list[
         for backend, variant, model in runs:
             name, prefix = f"{backend}-{variant}-{model}", prefix_of(ws)
             row = {"model": name, "rnn_generate": rnn_generate_rate(ws, backend, variant, model)}
-            row["onnx_in_process_chars_per_s"] = in_process_rate(ws / "data/export" / name, prefix)
+            row["onnx_in_process_chars_per_s"] = in_process_rate(ws / "data/models" / name / "onnx", prefix)
             row["http_stream_chars_per_s"] = http_stream_rate(url, name, prefix)
             row["stream_speedup"] = (
                 row["http_stream_chars_per_s"] / row["rnn_generate"]["chars_per_s"]

@@ -221,18 +221,43 @@ def evaluate(
 
 @app.command()
 def export(
-    backend: Backend,
-    variant: Variant,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="torch | tf")] = None,
+    variant: Annotated[
+        str | None, typer.Option("--variant", "-v", help="scratch | concise")
+    ] = None,
     model: ModelOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where to write it [default: WORKDIR/data/export/RUN]")
+    ] = None,
+    origin: Annotated[
+        str | None,
+        typer.Option("--from", help="a project's git origin: export its registry's model"),
+    ] = None,
+    artifact: Annotated[
+        str | None, typer.Option(help="with --from: the model's name (torch-scratch-rnn, ...)")
+    ] = None,
+    stage: Annotated[str, typer.Option(help="with --from: whose model to export")] = "prod",
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Write a trained run as ONNX with its vocabulary and record: data/export/ (runs on
-    onnxruntime alone; `rnn serve` serves it)."""
+    """Write a trained model as ONNX with its vocabulary and record, to run on onnxruntime
+    alone: a run of this workspace (training already keeps one in its model directory, under
+    onnx/), or with --from a registered model fetched from a project's origin and DVC remote."""
+    if origin is not None:
+        if artifact is None:
+            raise click_exceptions.UsageError("--from needs --artifact (the model's name)")
+        from rnn.serving.fetch import export_registered
+
+        echo_summary(export_registered(origin, artifact, stage, out or Path(artifact)))
+        return
+    if backend is None or variant is None:
+        raise click_exceptions.UsageError(
+            "Missing option '--backend' / '--variant' (or --from with --artifact)"
+        )
     ws, cfg = open_workspace(workdir, params)
     run = run_key(cfg, backend, variant, model)
     with writing(ws, f"export {run.name}"):
-        echo_summary(stages.export_stage(ws, run))
+        echo_summary(stages.export_stage(ws, run, out))
 
 
 @app.command()
@@ -273,13 +298,18 @@ def serve(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Serve models over HTTP: GET /models, POST /generate (streamed), a page at /. The
-    workspace's trained runs (exported to ONNX first where the export is missing or older than
-    the model), or with --from the models a stage holds in a project's registry, followed as it
-    changes."""
+    workspace's trained runs (the ONNX bundle training keeps with each), or with --from the
+    models a stage holds in a project's registry; either followed as it changes."""
     import os
     import tempfile
 
-    from rnn.serving.server import TOKEN_ENV, check_token, registry_sources, serve_exports
+    from rnn.serving.server import (
+        TOKEN_ENV,
+        check_token,
+        registry_sources,
+        serve_exports,
+        workspace_sources,
+    )
 
     token = os.environ.get(TOKEN_ENV) or None
     check_token(host, token, require_token)
@@ -289,21 +319,9 @@ def serve(
             sources = registry_sources(origin, stage, Path(cache), say)
             serve_exports(sources, host, port, max_length, token, reload_every, say)
         return
-    ws, cfg = open_workspace(workdir, params)
-    serve_exports(_exported(ws, cfg, say), host, port, max_length, token, reload_every, say)
-
-
-def _exported(ws: Workspace, cfg: Params, say):
-    """The workspace's trained runs, exported where the export is missing or stale."""
-    from rnn.export.bundle import is_current
-    from rnn.serving.server import workspace_sources
-
-    with writing(ws, "serve"):
-        for run in grid(cfg.train.backends, cfg.train.variants, cfg.train.models):
-            if ws.model(run).is_dir() and not is_current(ws.model(run), ws.export_of(run)):
-                stages.export_stage(ws, run)
-                say(f"exported {run.name} to {ws.export_of(run)}")
-    return workspace_sources(ws.exports)
+    ws, _ = open_workspace(workdir, params)
+    serve_exports(workspace_sources(ws.models, say), host, port, max_length, token, reload_every,
+                  say)  # fmt: skip
 
 
 @app.command()

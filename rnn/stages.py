@@ -77,11 +77,13 @@ def evaluate_stage(ws: Workspace, params: Params, run: RunKey):
     return evaluate_model(run, params, ws.model(run), ws.partition, ws.vocab, ws.eval_of(run))
 
 
-def export_stage(ws: Workspace, run: RunKey):
+def export_stage(ws: Workspace, run: RunKey, out: Path | None = None):
+    """The run's ONNX bundle written to ``out`` (default data/export/<run>)."""
     from rnn.data.tokens import VOCAB_FILE
     from rnn.export.bundle import export_run
 
-    return export_run(run.name, ws.model(run), ws.vocab / VOCAB_FILE, ws.export_of(run))
+    target = out if out is not None else ws.export_of(run)
+    return export_run(run.name, ws.model(run), ws.vocab / VOCAB_FILE, target)
 
 
 def report_stage(ws: Workspace, runs: list[RunKey], out: Path | None = None):

@@ -1,7 +1,8 @@
 """A registered model fetched onto a machine with no checkout of the project: the commit its
-stage's newest assignment names (GTO's ``<name>#<stage>#<n>`` tags on origin), its run directory
-and vocabulary at that commit from the DVC remote (``dvc get``, run as a program), then exported
-(``rnn export``), which verifies the weights against their record before anything uses them.
+stage's newest assignment names (GTO's ``<name>#<stage>#<n>`` tags on origin), then its run
+directory at that commit from the DVC remote (``dvc get``, run as a program), with the ONNX bundle
+training wrote into it, checked against the run's record before anything uses it. A model
+registered before training wrote bundles is exported here from its verified weights instead.
 
 The remote is the one the project's ``.dvc/config`` names, or the machine's own
 (``RNN_DVC_REMOTE``, ``RNN_DVC_REMOTE_ENDPOINT``, the keys in ``AWS_*``): the credentials stay in
@@ -10,16 +11,21 @@ the environment.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rnn.data.tokens import VOCAB_FILE
 from rnn.errors import PipelineError
-from rnn.export.bundle import export_run
+from rnn.export.bundle import EXPORT_SHA_KEY, MANIFEST, ExportSummary, export_run, verified_bundle
 from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV
+from rnn.store.atomic import atomic_dir
 from rnn.store.dvc_cli import dvc_command
+from rnn.store.record import read_record
 from rnn.workspace import Workspace
 
 
@@ -101,17 +107,34 @@ def _dvc_get(origin: str, path: str, commit: str, out: Path, config: list[str]) 
 
 
 def fetch_registered(origin: str, name: str, stage: str, dest: Path) -> Path:
-    """Fetch ``name``'s ``stage`` model into ``dest`` and export it; returns the export."""
+    """Fetch ``name``'s ``stage`` model into ``dest``; returns its verified ONNX bundle."""
     return fetch_at(origin, name, stage_holder(origin, name, stage).commit, dest)
 
 
 def fetch_at(origin: str, name: str, commit: str, dest: Path) -> Path:
-    """Fetch the run ``name`` recorded at ``commit`` into ``dest`` and export it."""
+    """Fetch the run ``name`` recorded at ``commit`` into ``dest``; returns its verified ONNX
+    bundle."""
     dest.mkdir(parents=True, exist_ok=True)
     config = _remote_config(dest)
     project = Workspace.at(dest)  # the project's layout, for the paths inside origin
-    model, vocab = project.models / name, project.vocab / VOCAB_FILE
-    _dvc_get(origin, model.relative_to(dest).as_posix(), commit, dest / "model", config)
-    _dvc_get(origin, vocab.relative_to(dest).as_posix(), commit, dest / "vocab.json", config)
-    export_run(name, dest / "model", dest / "vocab.json", dest / "export")
-    return dest / "export"
+    model = dest / "model"
+    _dvc_get(origin, (project.models / name).relative_to(dest).as_posix(), commit, model, config)
+    if read_record(model).get(EXPORT_SHA_KEY):
+        bundle = verified_bundle(model).path
+    else:  # registered before training wrote bundles: export its verified weights here
+        vocab = (project.vocab / VOCAB_FILE).relative_to(dest).as_posix()
+        _dvc_get(origin, vocab, commit, dest / "vocab.json", config)
+        export_run(name, model, dest / "vocab.json", dest / "export")
+        bundle = dest / "export"
+    return bundle
+
+
+def export_registered(origin: str, name: str, stage: str, out: Path) -> ExportSummary:
+    """``name``'s ``stage`` model's verified bundle copied to ``out``, replaced whole."""
+    with tempfile.TemporaryDirectory(prefix="rnn-export-") as scratch:
+        bundle = fetch_registered(origin, name, stage, Path(scratch))
+        with atomic_dir(out) as tmp:
+            shutil.copytree(bundle, tmp, dirs_exist_ok=True)
+    m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    return ExportSummary(name, str(out), m["cell"], m["num_layers"], m["num_hiddens"],
+                         m["vocab_size"], m["files"]["model.onnx"])  # fmt: skip

@@ -19,7 +19,6 @@ started with, so nothing in flight is dropped or mixed.
 from __future__ import annotations
 
 import hmac
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rnn.data.tokens import prefix_ids
 from rnn.errors import PipelineError
-from rnn.export.bundle import MANIFEST, MODEL_FILE
 from rnn.serving.runtime import OnnxModel
 
 TOKEN_ENV = "RNN_SERVE_TOKEN"
@@ -45,19 +43,20 @@ FLUSH_S = 0.02  # a streamed chunk at least this often: live to a reader
 
 @dataclass(frozen=True)
 class Source:
-    """Where one served model's export is, and the stage and version it is served as."""
+    """Where one served model's export is, the stage and version it is served as, and what
+    names its content (unchanged content is not loaded again)."""
 
     name: str
     directory: Path
     stage: str
     version: str
+    content: str
 
 
 @dataclass(frozen=True)
 class Served:
     source: Source
     model: OnnxModel
-    onnx_sha256: str
 
     def describe(self) -> dict:
         m = self.model.manifest
@@ -77,18 +76,30 @@ class Served:
         }
 
 
-def workspace_sources(exports: Path) -> Callable[[], list[Source]]:
-    """Every export under ``exports`` (a workspace's data/export/), its version the first 12
-    hex digits of its weights' checksum."""
+def workspace_sources(models: Path, log: Callable[[str], None]) -> Callable[[], list[Source]]:
+    """The ONNX bundle of every trained run under ``models`` (a workspace's data/models/), each
+    checked against its run's record; its version the first 12 hex digits of its weights'
+    checksum."""
+    from rnn.export.bundle import verified_bundle
+    from rnn.store.record import RECORD_FILE
+
+    refused: set[str] = set()
 
     def sources() -> list[Source]:
         found = []
-        for manifest in sorted(exports.glob(f"*/{MANIFEST}")):
+        for record in sorted(models.glob(f"*/{RECORD_FILE}")):
             try:
-                weights = json.loads(manifest.read_text())["source"]["weights_sha256"] or ""
+                bundle = verified_bundle(record.parent)
+            except PipelineError as err:
+                if str(err) not in refused:  # once, not at every refresh
+                    refused.add(str(err))
+                    log(f"not serving {record.parent.name}: {err}")
+                continue
             except (OSError, ValueError, KeyError, TypeError):
-                continue  # half-replaced or foreign: the next refresh sees it whole
-            found.append(Source(manifest.parent.name, manifest.parent, "workspace", weights[:12]))
+                continue  # half-replaced: the next refresh sees it whole
+            weights = bundle.manifest["source"]["weights_sha256"]
+            name = record.parent.name
+            found.append(Source(name, bundle.path, "workspace", weights[:12], bundle.sha256))
         return found
 
     return sources
@@ -98,20 +109,24 @@ def registry_sources(
     origin: str, stage: str, cache: Path, log: Callable[[str], None]
 ) -> Callable[[], list[Source]]:
     """The models whose ``stage`` is assigned in ``origin``'s registry, each fetched (from the
-    DVC remote) and exported into ``cache`` once per version."""
+    DVC remote) into ``cache`` once per version."""
     from rnn.serving.fetch import fetch_at, stage_holders
+
+    bundles: dict[tuple[str, str], Path] = {}
 
     def sources() -> list[Source]:
         found = []
         for name, holder in stage_holders(origin, stage).items():
-            where = cache / name / holder.commit
-            if not (where / "export" / MANIFEST).is_file():
+            key = (name, holder.commit)
+            if key not in bundles:
                 try:
-                    fetch_at(origin, name, holder.commit, where)
+                    bundles[key] = fetch_at(
+                        origin, name, holder.commit, cache / name / holder.commit
+                    )
                 except PipelineError as err:
                     log(f"not serving {name} {holder.version}: {err}")
                     continue
-            found.append(Source(name, where / "export", stage, holder.version))
+            found.append(Source(name, bundles[key], stage, holder.version, holder.commit))
         return found
 
     return sources
@@ -135,13 +150,12 @@ class ModelSet:
                 return
             current, fresh = self._models, {}
             for source in sources:
-                sha = _onnx_sha256(source.directory)
                 old = current.get(source.name)
-                if old is not None and old.onnx_sha256 == sha and old.source == source:
+                if old is not None and old.source == source:
                     fresh[source.name] = old
                     continue
                 try:
-                    fresh[source.name] = Served(source, OnnxModel(source.directory), sha)
+                    fresh[source.name] = Served(source, OnnxModel(source.directory))
                 except (PipelineError, OSError, ValueError) as err:
                     self.log(f"not serving {source.name} {source.version}: {err}")
                     if old is not None:
@@ -155,13 +169,6 @@ class ModelSet:
 
     def all(self) -> list[Served]:
         return list(self._models.values())
-
-
-def _onnx_sha256(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / MANIFEST).read_text())["files"][MODEL_FILE]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def page() -> str:

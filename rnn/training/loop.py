@@ -184,7 +184,18 @@ def train_model(
             save_checkpoint(engine, ckpt_dir, run_fp, history, best, checkpoint_sync)
         return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
     publish(
-        run, params, engine, ident, vocab, history, best, stopped, world, model_dir, metrics_dir
+        run,
+        params,
+        engine,
+        ident,
+        vocab,
+        history,
+        best,
+        stopped,
+        world,
+        Path(vocab_dir),
+        model_dir,
+        metrics_dir,
     )
     return _summary(name, model_dir, history, resumed_from, wall, engine, tcfg, stopped)
 

@@ -1,5 +1,6 @@
-"""What a finished run publishes: its model directory (the weights it keeps and ``run.json``, the
-record of everything that shaped them) and its metrics, each written whole or not at all."""
+"""What a finished run publishes: its model directory (the weights it keeps, their ONNX bundle
+for serving, and ``run.json``, the record of everything that shaped them) and its metrics, each
+written whole or not at all."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from rnn.backends.world import World
 from rnn.config import Params
-from rnn.data.tokens import Vocab
+from rnn.data.tokens import VOCAB_FILE, Vocab
+from rnn.export.bundle import EXPORT_SHA_KEY, MANIFEST, bundle_of, write_bundle
 from rnn.registry import RunKey
 from rnn.store.atomic import atomic_dir
 from rnn.store.record import RECORD_FILE, WEIGHTS_FILE, file_sha256, write_weights
@@ -26,11 +28,13 @@ def publish(
     best: dict,
     stopped: bool,
     world: World,
+    vocab_dir: Path,
     model_dir: Path,
     metrics_dir: Path,
 ) -> None:
     """Write the model directory and the metrics of a run that trained all its epochs (or
-    stopped early): the best epoch's weights with ``train.keep_best``, else the last's."""
+    stopped early): the best epoch's weights with ``train.keep_best``, else the last's, and
+    their ONNX export (rnn/export/bundle.py), so the bundle is versioned with the weights."""
     tcfg = params.train
     chosen = best_epoch(history) if tcfg.keep_best else None
     final = history[chosen - 1] if chosen else history[-1]
@@ -41,7 +45,11 @@ def publish(
             write_weights(tmp / WEIGHTS_FILE, best, metadata=meta)
         else:
             engine.save(tmp / WEIGHTS_FILE, metadata=meta)
+        weights = (tmp / WEIGHTS_FILE).read_bytes()
         record["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)  # checked before loading
+        vocab_bytes = (Path(vocab_dir) / VOCAB_FILE).read_bytes()
+        write_bundle(bundle_of(tmp), run.name, record, weights, vocab_bytes)
+        record[EXPORT_SHA_KEY] = file_sha256(bundle_of(tmp) / MANIFEST)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     with atomic_dir(metrics_dir) as tmp:
         log_metrics(tmp, history)

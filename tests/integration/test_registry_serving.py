@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from rnn.export.bundle import export_run
+from rnn.export.bundle import MANIFEST, verified_bundle
 from rnn.serving.runtime import OnnxModel
 from stores import registry
 from tests.support.machines import git, make_origin
@@ -52,8 +53,9 @@ def train_and_promote(work: Path, lr: float) -> registry.Version:
 
 
 def local_export(work: Path, dest: Path) -> OnnxModel:
-    model = work / "data/models" / NAME
-    return OnnxModel(export_run(NAME, model, work / "data/vocab/vocab.json", dest).path)
+    """The ONNX bundle training left in the model directory, copied aside (and checked)."""
+    shutil.copytree(verified_bundle(work / "data/models" / NAME).path, dest)
+    return OnnxModel(dest)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,19 @@ def test_generate_from_the_registry_in_an_empty_directory(project):
     )  # fmt: skip
     assert unknown.returncode != 0 and unknown.stderr.count("\n") == 1
     assert "no model 'tf-scratch-rnn' in stage 'prod'" in unknown.stderr
+    # `rnn export --from`: the prod model's bundle, as training wrote it, byte for byte
+    exported = subprocess.run(
+        [sys.executable, "-m", "rnn.cli", "export", "--from", str(project["origin"]),
+         "--artifact", NAME, "--out", "bundle"],
+        cwd=empty, env=project["env"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    trained = verified_bundle(project["work"] / "data/models" / NAME).path
+    assert sorted(p.name for p in (empty / "bundle").iterdir()) == sorted(
+        p.name for p in trained.iterdir()
+    )
+    for name in (MANIFEST, "model.onnx", "vocab.json"):
+        assert (empty / "bundle" / name).read_bytes() == (trained / name).read_bytes()
 
 
 def test_serve_follows_prod_without_dropping_a_request(project, tmp_path):

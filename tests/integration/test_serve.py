@@ -39,7 +39,8 @@ def rnn(ws: Path, *args: str, env: dict | None = None) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """Two tiny trained runs (PyTorch's scratch and concise RNN), not yet exported."""
+    """Two tiny trained runs (PyTorch's scratch and concise RNN), each with the ONNX bundle
+    training keeps in its model directory."""
     ws = tmp_path_factory.mktemp("serve")
     params = tiny_params()
     params["train"].update(backends=["torch"], epochs=4)
@@ -139,20 +140,19 @@ def test_a_model_replaced_while_a_request_streams(workspace, server, tmp_path):
     from rnn.serving.runtime import OnnxModel
 
     name, other = RUNS
-    served = workspace / "data/export" / name
+    served, models = workspace / "data/models" / name, workspace / "data/models"
     sampled = {"temperature": 1.0, "seed": 3}  # tiny models agree on greedy text
-    old = "".join(OnnxModel(served).stream_text("the", 60_000, **sampled))
-    new_text = "".join(
-        OnnxModel(workspace / "data/export" / other).stream_text("the", 200, **sampled)
-    )
+    old = "".join(OnnxModel(served / "onnx").stream_text("the", 60_000, **sampled))
+    new_text = "".join(OnnxModel(models / other / "onnx").stream_text("the", 200, **sampled))
     before = httpx.get(f"{server}/models").json()
     body = {"model": name, "prefix": "the", "length": 60_000, **sampled}
     with httpx.stream("POST", f"{server}/generate", json=body) as response:
         pieces = response.iter_text()
         first = next(pieces)
-        # the other run's export put in its place, whole (a rename), as `rnn export` writes
+        # the other run's model directory put in its place, whole (a rename), as training
+        # publishes a retrained model
         staged = tmp_path / "staged"
-        shutil.copytree(workspace / "data/export" / other, staged)
+        shutil.copytree(models / other, staged)
         aside = tmp_path / "aside"
         served.rename(aside)
         staged.rename(served)
@@ -169,7 +169,7 @@ def test_a_model_replaced_while_a_request_streams(workspace, server, tmp_path):
     assert after == new_text != old[: len(new_text)]
     shutil.rmtree(served)
     aside.rename(served)
-    manifest = json.loads((served / MANIFEST).read_text())
+    manifest = json.loads((served / "onnx" / MANIFEST).read_text())
     deadline = time.monotonic() + 20
     while httpx.get(f"{server}/models").json() != before:
         assert time.monotonic() < deadline, manifest["run"]

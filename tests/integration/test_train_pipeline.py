@@ -113,6 +113,25 @@ def test_train_evaluate_and_outputs(data, tmp_path, backend, variant):
     for texts in (ev.samples, ev.sampled):
         assert texts["time traveller"].startswith("time traveller")
         assert len(texts["time traveller"]) == len("time traveller") + 50
+    the_model_directory_holds_its_onnx_export(model_dir, data / "vocab/vocab.json", ev, tmp_path)
+
+
+def the_model_directory_holds_its_onnx_export(model_dir, vocab_file, ev, tmp_path) -> None:
+    """Training wrote the ONNX bundle `rnn export` writes, chained to run.json by checksum; its
+    greedy text is the framework's; a damaged bundle is refused."""
+    from rnn.export.bundle import MANIFEST, export_run, verified_bundle
+    from rnn.serving.runtime import OnnxModel
+
+    bundle = verified_bundle(model_dir)
+    export_run(model_dir.name, model_dir, vocab_file, tmp_path / "export")
+    for name in ("model.onnx", "vocab.json"):
+        assert (bundle.path / name).read_bytes() == (tmp_path / "export" / name).read_bytes()
+    greedy = "".join(OnnxModel(bundle.path).stream_text("time traveller", 50))
+    assert greedy == ev.samples["time traveller"]
+    manifest = bundle.path / MANIFEST
+    manifest.write_text(manifest.read_text().replace('"perplexity"', '"perplexity" '))
+    with pytest.raises(PipelineError, match="does not match"):
+        verified_bundle(model_dir)
 
 
 @pytest.mark.parametrize("backend, variant", RUNS)
