@@ -38,7 +38,7 @@ from rnn.names import THREADS_ENV as ENGINE_THREADS_ENV
 from rnn.registry import grid
 from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
-from stores import dvc_sync
+from stores import dvc_sync, registry
 from stores.checkpoints import collect_finished
 from tasks.stages import (
     evaluate_task,
@@ -205,6 +205,8 @@ def _pipeline(
     result["experiment"] = (
         _record(ws, params, runs, names, plan, shared, record) if tracked else None
     )
+    if result["experiment"]:
+        result["registered"] = register_trained(ws, result["experiment"], trained_now)
     return result
 
 
@@ -233,6 +235,27 @@ def _record(ws: Workspace, params, runs, names, plan: Stages, shared: bool, reco
     where = " in git origin" if pushed else " (no git origin to push it to)"
     logger.info("recorded as experiment %s%s", name, where)
     return name
+
+
+def register_trained(ws: Workspace, experiment: str, trained: list[str]) -> dict[str, str]:
+    """Each model this run trained, registered as a version of the model registry at the run's
+    experiment commit (stores/registry.py); the models dvc.yaml does not declare are named in the
+    log. Returns model -> version."""
+    logger = get_run_logger()
+    declared = registry.declared(ws.root)
+    missing = sorted(set(trained) - declared)
+    if missing:
+        logger.warning(
+            "not registered (not artifacts of dvc.yaml): %s; run `rnn artifacts --write`",
+            ", ".join(missing),
+        )
+    to_register = [run for run in trained if run in declared]
+    if not to_register:
+        return {}
+    commit = registry.experiment_commit(ws.root, experiment)
+    versions = {run: registry.register(ws.root, run, commit).version for run in to_register}
+    logger.info("registered %s", ", ".join(f"{r} {v}" for r, v in versions.items()))
+    return versions
 
 
 def experiment_name() -> str:

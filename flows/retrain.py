@@ -1,7 +1,8 @@
 """Scheduled retraining: pull the newest code (the deployment clones origin's tip) and data,
 retrain only what changed (everything else is restored from the DVC run-cache), evaluate,
 register each model as a version of the model registry, and promote each whose held-out
-perplexity is no worse than what ``prod`` holds: GTO tags on the run's recorded experiment,
+perplexity is better than what ``prod`` holds (a model prod already holds, restored rather than
+retrained, stays as it is): GTO tags on the run's recorded experiment,
 pushed to origin (stores/registry.py), so every worker and the next run see it, the history is
 kept, and the weights it names are in the DVC remote."""
 
@@ -28,14 +29,17 @@ def held_out_perplexity(eval_record: dict) -> float:
 
 
 def decide(ws: Workspace, run: str, experiment: str) -> dict[str, Any]:
-    """Register ``run``'s model from ``experiment`` and give it ``prod`` if no worse."""
+    """``run``'s model from ``experiment`` (its version: registered by the pipeline run if
+    trained, else the one that recorded the same model) given ``prod`` if better than prod's."""
     candidate = held_out_perplexity(read_eval(ws.evals / run))
     version = registry.register(ws.root, run, registry.experiment_commit(ws.root, experiment))
     held = registry.current(ws.root, run, registry.PROD)
     record = None if held is None else registry.eval_at(ws.root, held[0])
     old = None if record is None else held_out_perplexity(record)
     decision = "kept current"
-    if old is None or candidate <= old:
+    if held is not None and held[0] == version:
+        decision = "kept current (prod holds this model)"
+    elif old is None or candidate < old:
         won = registry.assign(ws.root, run, version, registry.PROD)
         decision = "promoted" if won else "kept current (another run promoted first)"
     return {

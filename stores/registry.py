@@ -2,8 +2,10 @@
 
 A model is an artifact declared in dvc.yaml's ``artifacts:`` (``rnn artifacts --write`` generates
 them: one per backend x variant x model of params.yaml). A version is a tag ``<name>@v<N>`` on
-the commit that recorded the run (its experiment commit: parameters, dvc.lock, evaluation; the
-weights in the DVC remote by the hash dvc.lock names). A stage is assigned with a tag
+the commit that recorded the run that trained it (its experiment commit: parameters, dvc.lock,
+evaluation; the weights, with their ONNX export, in the DVC remote by the hash dvc.lock names).
+Every recorded pipeline run registers the models it trained; a model is one version however many
+runs restored it (the same hash in dvc.lock is the same version). A stage is assigned with a tag
 ``<name>#<stage>#<n>``, a new one for every assignment, so the whole history stays
 (``gto history``) and the current holder of a stage is the newest assignment's version.
 
@@ -77,16 +79,33 @@ def _number(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.lstrip("v").split("."))
 
 
+def model_hash(root: Path, name: str, commit: str) -> str | None:
+    """The hash dvc.lock at ``commit`` names for ``name``'s model directory, or None."""
+    shown = dvc_sync.git(root, "show", f"{commit}:dvc.lock", check=False)
+    if shown.returncode != 0:
+        return None
+    path = f"data/models/{name}"
+    for stage in (yaml.safe_load(shown.stdout) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path") == path:
+                return out.get("md5")
+    return None
+
+
 def register(root: Path, name: str, commit: str) -> Version:
-    """The version of ``name`` recorded at ``commit``: the existing one, or the next major
-    version, tagged and pushed to origin."""
+    """The version of ``name`` whose model ``commit`` records: the existing one (registered at
+    this commit, or at another whose dvc.lock names the same model), or the next major version,
+    tagged and pushed to origin."""
     _check_declared(root, name)
-    existing = [v for v in versions(root, name) if v.commit == commit]
-    if existing:
-        return existing[0]
+    known = versions(root, name)
+    same = [v for v in known if v.commit == commit]
+    if not same:
+        trained = model_hash(root, name, commit)
+        same = [v for v in known if trained and model_hash(root, name, v.commit) == trained]
+    if same:
+        return same[0]
     import gto.api
 
-    known = versions(root, name)
     number = (_number(known[-1].version)[0] + 1) if known else 1
     version = f"v{number}.0.0"
     gto.api.register(str(root), name, commit, version=version, **AUTHOR)
@@ -235,6 +254,20 @@ def _cli():
         for e in history(root, name):
             stage = f" {e['stage']}" if e.get("stage") else ""
             typer.echo(f"{e['timestamp']}  {e['event']}  {e['version']}{stage}")
+
+    @app.command("assign")
+    def assign_command(name: str, version: str, stage: str, workdir: Path = workdir_opt) -> None:
+        """Assign STAGE (dev, staging, prod) to VERSION (v2.0.0) of a model, on origin."""
+        root = workdir.resolve()
+        fetch_tags(root)
+        chosen = next((v for v in versions(root, name) if v.version == version), None)
+        if chosen is None:
+            raise PipelineError(f"{name} has no version {version}", "see `list` for its versions")
+        if stage not in STAGES:
+            raise PipelineError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+        if not assign(root, name, chosen, stage):
+            raise PipelineError(f"another run assigned {stage} meanwhile", "run this again")
+        typer.echo(f"{name} {version} is now in {stage}")
 
     @app.command("migrate")
     def migrate_command(workdir: Path = workdir_opt) -> None:

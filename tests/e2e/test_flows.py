@@ -250,30 +250,40 @@ def the_default_remote_takes_a_push_and_gives_it_back(repo: Path) -> None:
 
 
 def fake_better_prod(repo: Path, run: str) -> None:
-    """Give prod a version registered at a commit whose eval.json claims perplexity 1."""
+    """Give prod a version registered at a commit whose eval.json claims perplexity 1 (and
+    whose dvc.lock names another model, as a better model's run would)."""
     from stores import registry
 
     commit = registry.current(repo, run, registry.PROD)[0].commit
     path = f"data/eval/{run}/eval.json"
     record = json.loads(sh("git", "show", f"{commit}:{path}", cwd=repo).stdout)
     record["perplexity"] = {k: 1.0 for k in record["perplexity"]}
-    fake = repo / "fake-eval.json"
-    fake.write_text(json.dumps(record))
-    blob = sh("git", "hash-object", "-w", str(fake), cwd=repo).stdout.strip()
+    lock = sh("git", "show", f"{commit}:dvc.lock", cwd=repo).stdout
+    model_md5 = registry.model_hash(repo, run, commit)
     env = {**os.environ, "GIT_INDEX_FILE": str(repo / ".git" / "fake-index")}
-    for cmd in (["read-tree", commit], ["update-index", "--cacheinfo", f"100644,{blob},{path}"]):
-        subprocess.run(["git", *cmd], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "read-tree", commit], cwd=repo, env=env, check=True)
+    for name, text in (
+        (path, json.dumps(record)),
+        ("dvc.lock", lock.replace(model_md5, "0" * 32 + ".dir")),
+    ):
+        fake = repo / "fake-file"
+        fake.write_text(text)
+        blob = sh("git", "hash-object", "-w", str(fake), cwd=repo).stdout.strip()
+        fake.unlink()
+        subprocess.run(
+            ["git", "update-index", "--cacheinfo", f"100644,{blob},{name}"],
+            cwd=repo, env=env, check=True,
+        )  # fmt: skip
     tree = subprocess.run(
         ["git", "write-tree"], cwd=repo, env=env, check=True, capture_output=True, text=True
     ).stdout.strip()
     ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
     better = sh("git", *ident, "commit-tree", tree, "-p", commit, "-m", "better", cwd=repo)
-    fake.unlink()
     version = registry.register(repo, run, better.stdout.strip())
     assert registry.assign(repo, run, version, registry.PROD)
 
 
-def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
+def test_retrain_promotes_only_what_is_better(harness, repo, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -294,19 +304,23 @@ def test_retrain_promotes_only_when_no_worse(harness, repo, monkeypatch):
     fake_better_prod(repo, scratch)
     state = retrain(backend="torch", return_state=True)
     decisions = {d["run"]: d["decision"] for d in state.result()["decisions"]}
-    # Same data and parameters retrain the same concise model: equal is "no worse", promoted.
-    assert decisions == {scratch: "kept current", "torch-concise-rnn": "promoted"}
+    # Same data and parameters: the models are restored, not retrained, and are the versions
+    # that first recorded them; prod keeps what it holds, the better fake and the same concise
+    assert decisions == {
+        scratch: "kept current",
+        "torch-concise-rnn": "kept current (prod holds this model)",
+    }
     held = registry.current(repo, scratch, registry.PROD)[0]
     assert registry.eval_at(repo, held)["perplexity"]["valid"] == 1.0
-    # the history keeps every version and assignment; the one kept out of prod is registered
+    # the history keeps every version and assignment; a restored model is no new version
     events = [(e["event"], e["version"], e["stage"]) for e in registry.history(repo, scratch)]
     assert events == [
         ("registration", "v1.0.0", None),
         ("assignment", "v1.0.0", "prod"),
         ("registration", "v2.0.0", None),
         ("assignment", "v2.0.0", "prod"),
-        ("registration", "v3.0.0", None),
     ]
+    assert [v.version for v in registry.versions(repo, "torch-concise-rnn")] == ["v1.0.0"]
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(

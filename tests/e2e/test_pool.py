@@ -9,7 +9,8 @@ DVC remote, and two process workers, each in a directory of its own standing for
    CRASH_BOUND_S, the training runs again on the other worker from the pushed checkpoint and ends
    byte-identical to an uninterrupted run.
 3. `pool up` again restarts the dead worker; the retrain deployment assigns prod in the model
-   registry on one worker, and the other machine fetches the prod model with no checkout.
+   registry on one worker, a second retraining that does no better leaves prod as it is, and
+   the other machine fetches the prod model (with its ONNX export) with no checkout.
 4. The API refuses a client without the credential and serves one with it.
 5. The server killed and brought back by `pool up`, then the database restarted, under a pipeline
    that trains: the run rides both out and completes; the workers are left running.
@@ -195,6 +196,15 @@ def retraining_promotes_where_every_machine_sees_it(pool: Pool) -> None:
     tags = git("ls-remote", "--tags", "--refs", str(pool.origin), cwd=pool.tmp).split()
     prod = sorted(t.removeprefix("refs/tags/") for t in tags if "#prod#" in t)
     assert prod == ["torch-concise-rnn#prod#1", "torch-scratch-rnn#prod#1"]
+    # a second retraining that does no better (nothing changed: every model restored) leaves
+    # prod as it is
+    again = api.start("rnn-retrain/weekly", {"backend": "torch", "fan_out": True})
+    done = api.wait_final([again])[again]
+    assert done.state.is_completed(), api.logs(again)[-20:]
+    kept = [m for m in api.logs(again) if "kept current (prod holds this model)" in m]
+    assert len(kept) == 2, api.logs(again)[-20:]
+    tags = git("ls-remote", "--tags", "--refs", str(pool.origin), cwd=pool.tmp).split()
+    assert sorted(t.removeprefix("refs/tags/") for t in tags if "#prod#" in t) == prod
     other = next(m for m in ("worker-1", "worker-2") if m != promoter)
     view = pool.home / "machines" / other / "view"
     view.mkdir()
@@ -211,6 +221,7 @@ def retraining_promotes_where_every_machine_sees_it(pool: Pool) -> None:
     )  # fmt: skip
     record = json.loads((view / "model/run.json").read_text())
     assert record["variant"] == "concise"
+    assert (view / "model/onnx/model.onnx").is_file()  # the export, versioned with the model
     evaluated = json.loads(
         git("--git-dir", str(pool.origin), "show",
             "refs/tags/torch-concise-rnn#prod#1:data/eval/torch-concise-rnn/eval.json",

@@ -83,6 +83,8 @@ def test_versions_stages_history_and_a_fetch_on_an_empty_machine(origin, tmp_pat
     second = registry.register(a, NAME, train_and_record(a, "weights two"))
     assert second.version == "v2.0.0"
     assert registry.assign(a, NAME, second, "prod")
+    # a later run that records the first model again (restored, not trained): the same version
+    assert registry.register(a, NAME, train_and_record(a, "weights one")) == first
 
     b = clone(origin, tmp_path / "b", remote)  # another machine sees it all on origin
     registry.fetch_tags(b)
