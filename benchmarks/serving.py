@@ -14,7 +14,7 @@ Reported per model:
 - requests per second and p50/p99 latency of 100-character generations at 1, 8 and 32 concurrent
   clients (asyncio, httpx) for ``--seconds`` each.
 
-    .venv/bin/python benchmarks/serving.py [--seconds 8] [--json out.json]
+    .venv/bin/python benchmarks/serving.py [--seconds 8] [--json out.json] [--only book|gru]
 """
 
 from __future__ import annotations
@@ -164,7 +164,9 @@ def measure(ws: Path, runs: list[tuple[str, str, str]], seconds: float) -> list[
         for backend, variant, model in runs:
             name, prefix = f"{backend}-{variant}-{model}", prefix_of(ws)
             row = {"model": name, "rnn_generate": rnn_generate_rate(ws, backend, variant, model)}
-            row["onnx_in_process_chars_per_s"] = in_process_rate(ws / "data/models" / name / "onnx", prefix)
+            row["onnx_in_process_chars_per_s"] = in_process_rate(
+                ws / "data/models" / name / "onnx", prefix
+            )
             row["http_stream_chars_per_s"] = http_stream_rate(url, name, prefix)
             row["stream_speedup"] = (
                 row["http_stream_chars_per_s"] / row["rnn_generate"]["chars_per_s"]
@@ -208,13 +210,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=("book", "gru"), help="one workspace's models only")
     args = parser.parse_args()
+    results = []
     with tempfile.TemporaryDirectory(prefix="rnn-serving-") as tmp:
         base = Path(tmp)
-        book = book_workspace(base)
-        shakespeare = shakespeare_workspace(base)
-        results = measure(book, [(b, v, "rnn") for b, v in BOOK_RUNS], args.seconds)
-        results += measure(shakespeare, [("torch", "scratch", "gru")], args.seconds)
+        if args.only != "gru":
+            runs = [(b, v, "rnn") for b, v in BOOK_RUNS]
+            results += measure(book_workspace(base), runs, args.seconds)
+        if args.only != "book":
+            gru = [("torch", "scratch", "gru")]
+            results += measure(shakespeare_workspace(base), gru, args.seconds)
     print(table(results))
     if args.json:
         machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}

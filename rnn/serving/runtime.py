@@ -20,6 +20,7 @@ from rnn.backends.sampling import stream
 from rnn.data.tokens import Vocab, stream_text
 from rnn.errors import PipelineError
 from rnn.export.bundle import FORMAT, MANIFEST, MODEL_FILE, VOCAB_COPY
+from rnn.serving.batching import StepBatcher
 
 
 def _verified(directory: Path, name: str, files: dict[str, str]) -> bytes:
@@ -69,6 +70,7 @@ class OnnxModel:
         )
         self.states = self.manifest["inputs"][1:]
         self.outputs = self.manifest["outputs"]
+        self._batches = StepBatcher(self.step_many)
 
     @property
     def name(self) -> str:
@@ -87,8 +89,25 @@ class OnnxModel:
         logits, *new = self.session.run(self.outputs, feed)
         return logits[0], new
 
+    def step_many(self, tokens: list[int], states: list[list[np.ndarray]]) -> list[tuple]:
+        """``step`` for several streams in one call: their states side by side on the batch
+        axis, each stream's rows taken back out: what each computes alone, within float rounding
+        (the product's kernel can change with the batch; tests/unit/test_export.py)."""
+        if len(tokens) == 1:
+            return [self.step(tokens[0], states[0])]
+        feed = {"token": np.array(tokens, dtype=np.int64)}
+        for i, name in enumerate(self.states):
+            feed[name] = np.concatenate([s[i] for s in states], axis=1)
+        logits, *new = self.session.run(self.outputs, feed)
+        return [(logits[b], [h[:, b : b + 1] for h in new]) for b in range(len(tokens))]
+
     def stream(self, prefix_ids, num_preds, temperature=0.0, top_k=0, seed=0) -> Iterator[int]:
-        return stream(self.step, self.begin, prefix_ids, num_preds, temperature, top_k, seed)
+        """Generated ids one at a time; concurrent streams of this model step in batches
+        (rnn/serving/batching.py)."""
+        with self._batches.streaming():
+            yield from stream(
+                self._batches.step, self.begin, prefix_ids, num_preds, temperature, top_k, seed
+            )
 
     def stream_text(
         self, prefix: str, num_preds: int, temperature: float = 0.0, top_k: int = 0, seed: int = 0

@@ -127,3 +127,43 @@ def test_the_generator_imports_neither_framework(tmp_path):
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_concurrent_streams_step_in_batches_and_write_what_each_writes_alone(tmp_path, cell):
+    """Eight streams at once (threads, as the server runs them) step through one batched call
+    (rnn/serving/batching.py) and each writes the text it writes alone, greedy and sampled."""
+    import threading
+
+    from rnn.serving.runtime import OnnxModel
+
+    _, model_dir, vocab_file = trained_run(tmp_path, "torch", "scratch", cell)
+    export_run("r", model_dir, vocab_file, tmp_path / "export")
+    model = OnnxModel(tmp_path / "export")
+    settings = [(0.0, 0, 0), *((1.0, k, seed) for k, seed in ((0, 1), (5, 2), (3, 3)))] * 2
+    alone = [list(model.stream(PREFIX[: 5 + i], 300, *s)) for i, s in enumerate(settings)]
+    calls: list[int] = []
+    step_many = model.step_many
+
+    def counted(tokens, states):
+        calls.append(len(tokens))
+        return step_many(tokens, states)
+
+    model._batches.step_many = counted
+    together: list[list[int] | None] = [None] * len(settings)
+    start = threading.Barrier(len(settings))
+
+    def one(i: int) -> None:
+        start.wait()
+        together[i] = list(model.stream(PREFIX[: 5 + i], 300, *settings[i]))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(settings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert together == alone
+    assert max(calls) > 1  # they did share calls
+    logits, _ = model.step(PREFIX[0], model.begin())
+    rows = model.step_many([PREFIX[0], PREFIX[1]], [model.begin(), model.begin()])
+    np.testing.assert_allclose(rows[0][0], logits, rtol=0, atol=1e-6)
