@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from rnn.store import model_tags as tags
 from stores import dvc_sync
 
 STAGES = ("dev", "staging", "prod")
@@ -69,8 +70,9 @@ def _tags(root: Path, pattern: str) -> dict[str, str]:
 def versions(root: Path, name: str) -> list[Version]:
     """Every registered version of ``name``, oldest first."""
     found = [
-        Version(name, tag.split("@", 1)[1], commit)
-        for tag, commit in _tags(root, f"{name}@v*").items()
+        Version(name, parsed[1], commit)
+        for tag, commit in _tags(root, tags.version_pattern(name)).items()
+        if (parsed := tags.parse_version(tag))
     ]
     return sorted(found, key=lambda v: _number(v.version))
 
@@ -109,14 +111,19 @@ def register(root: Path, name: str, commit: str) -> Version:
     number = (_number(known[-1].version)[0] + 1) if known else 1
     version = f"v{number}.0.0"
     gto.api.register(str(root), name, commit, version=version, **AUTHOR)
-    _push_tag(root, f"{name}@{version}")
+    _push_tag(root, tags.version_tag(name, version))
     return Version(name, version, commit)
 
 
 def current(root: Path, name: str, stage: str) -> tuple[Version, str] | None:
     """The version ``stage`` holds now and the tag of that assignment, or None."""
     assignments = sorted(
-        _tags(root, f"{name}#{stage}#*").items(), key=lambda item: int(item[0].rsplit("#", 1)[1])
+        (
+            (tag, commit)
+            for tag, commit in _tags(root, tags.assignment_pattern(name, stage)).items()
+            if tags.parse_assignment(tag)
+        ),
+        key=lambda item: tags.parse_assignment(item[0]).number,  # type: ignore[union-attr]
     )
     if not assignments:
         return None
@@ -132,8 +139,8 @@ def assign(root: Path, name: str, version: Version, stage: str) -> bool:
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGES)}")
-    number = len(_tags(root, f"{name}#{stage}#*")) + 1
-    tag = f"{name}#{stage}#{number}"
+    number = len(_tags(root, tags.assignment_pattern(name, stage))) + 1
+    tag = tags.assignment_tag(name, stage, number)
     gto.api.assign(str(root), name, stage, version=version.version, **AUTHOR)
     if not _tags(root, tag):  # GTO numbered it otherwise: keep to the count origin has
         raise RuntimeError(f"GTO did not create {tag}")

@@ -23,6 +23,7 @@ from rnn.data.tokens import VOCAB_FILE
 from rnn.errors import PipelineError
 from rnn.export.bundle import EXPORT_SHA_KEY, MANIFEST, ExportSummary, export_run, verified_bundle
 from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV
+from rnn.store import model_tags
 from rnn.store.atomic import atomic_dir
 from rnn.store.dvc_cli import dvc_command
 from rnn.store.record import read_record
@@ -54,14 +55,15 @@ def _origin_tags(origin: str) -> dict[str, str]:
 
 def stage_holders(origin: str, stage: str) -> dict[str, Holder]:
     """Every model whose ``stage`` is assigned on ``origin``: the newest assignment's commit."""
-    tags = _origin_tags(origin)
+    on_origin = _origin_tags(origin)
     newest: dict[str, tuple[int, str]] = {}
-    for tag, sha in tags.items():
-        name, sep, rest = tag.partition(f"#{stage}#")
-        if sep and rest.isdigit() and int(rest) > newest.get(name, (0, ""))[0]:
-            newest[name] = (int(rest), sha)
-    versions = {(tag.split("@", 1)[0], sha): tag.split("@", 1)[1] for tag, sha in tags.items()
-                if "@v" in tag}  # fmt: skip
+    versions: dict[tuple[str, str], str] = {}
+    for tag, sha in on_origin.items():
+        if (given := model_tags.parse_assignment(tag)) and given.stage == stage:
+            if given.number > newest.get(given.name, (0, ""))[0]:
+                newest[given.name] = (given.number, sha)
+        elif registered := model_tags.parse_version(tag):
+            versions[(registered[0], sha)] = registered[1]
     return {
         name: Holder(sha, versions.get((name, sha), sha[:12]))
         for name, (_, sha) in sorted(newest.items())
