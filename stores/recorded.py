@@ -10,7 +10,6 @@ restores one into the workspace.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +18,7 @@ import typer
 from rnn.errors import PipelineError
 from rnn.evaluation.report import RunFiles, build_report
 from rnn.workspace import Workspace
+from stores.cli import run
 from stores.dvc_sync import connect_remote, git_origin, run_dvc
 
 app = typer.Typer(
@@ -113,11 +113,7 @@ def compare(
 
 
 def main() -> None:
-    try:
-        app()
-    except PipelineError as err:
-        print(err.one_line(), file=sys.stderr)
-        sys.exit(2)
+    run(app)
 
 
 if __name__ == "__main__":

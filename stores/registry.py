@@ -139,7 +139,9 @@ def assign(root: Path, name: str, version: Version, stage: str) -> bool:
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGES)}")
-    number = len(_tags(root, tags.assignment_pattern(name, stage))) + 1
+    # GTO counts one model's assignments across its stages: the next number after the largest
+    given = [tags.parse_assignment(t) for t in _tags(root, tags.assignment_pattern(name, "*"))]
+    number = max((a.number for a in given if a), default=0) + 1
     tag = tags.assignment_tag(name, stage, number)
     gto.api.assign(str(root), name, stage, version=version.version, **AUTHOR)
     if not _tags(root, tag):  # GTO numbered it otherwise: keep to the count origin has
@@ -235,19 +237,33 @@ def migrate_promotions(root: Path) -> list[str]:
     return lines
 
 
+def _clone(workdir: Path) -> Path:
+    """``workdir`` once it is a clone of the project (git, and dvc.yaml's artifacts)."""
+    from rnn.errors import PipelineError
+
+    root = workdir.resolve()
+    if not (root / "dvc.yaml").is_file() or not (root / ".git").exists():
+        raise PipelineError(
+            f"{root} is not a clone of the project (no dvc.yaml or no .git)",
+            "run it in a clone of the project, or pass --workdir",
+        )
+    return root
+
+
 def _cli():
     import typer
 
     from rnn.errors import PipelineError
+    from stores.cli import run
 
     app = typer.Typer(help="The model registry (GTO tags on origin).", no_args_is_help=True,
                       pretty_exceptions_enable=False, add_completion=False)  # fmt: skip
-    workdir_opt = typer.Option("--workdir", "-w", help="a clone of the project")
+    workdir_opt = typer.Option(Path("."), "--workdir", "-w", help="a clone of the project")
 
     @app.command("list")
     def list_command(workdir: Path = workdir_opt) -> None:
         """Every registered model: its versions and the version each stage holds."""
-        root = workdir.resolve()
+        root = _clone(workdir)
         fetch_tags(root)
         for row in models(root):
             stages = ", ".join(f"{s}: {row[s]}" for s in STAGES if row[s])
@@ -256,7 +272,8 @@ def _cli():
     @app.command("history")
     def history_command(name: str, workdir: Path = workdir_opt) -> None:
         """Registrations and assignments of one model, oldest first."""
-        root = workdir.resolve()
+        root = _clone(workdir)
+        _check_declared(root, name)
         fetch_tags(root)
         for e in history(root, name):
             stage = f" {e['stage']}" if e.get("stage") else ""
@@ -265,7 +282,8 @@ def _cli():
     @app.command("assign")
     def assign_command(name: str, version: str, stage: str, workdir: Path = workdir_opt) -> None:
         """Assign STAGE (dev, staging, prod) to VERSION (v2.0.0) of a model, on origin."""
-        root = workdir.resolve()
+        root = _clone(workdir)
+        _check_declared(root, name)
         fetch_tags(root)
         chosen = next((v for v in versions(root, name) if v.version == version), None)
         if chosen is None:
@@ -279,19 +297,13 @@ def _cli():
     @app.command("migrate")
     def migrate_command(workdir: Path = workdir_opt) -> None:
         """Turn the promoted/<run> tags into registered versions holding prod, on origin."""
-        for line in migrate_promotions(workdir.resolve()):
+        for line in migrate_promotions(_clone(workdir)):
             typer.echo(line)
 
-    def main() -> None:
-        import sys
+    from gto.exceptions import GTOException
+    from scmrepo.exceptions import SCMError
 
-        try:
-            app()
-        except PipelineError as err:
-            print(err.one_line(), file=sys.stderr)
-            sys.exit(2)
-
-    return main
+    return lambda: run(app, (GTOException, SCMError))
 
 
 if __name__ == "__main__":

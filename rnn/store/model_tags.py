@@ -1,6 +1,7 @@
 """The model registry's git tag names (GTO's), in one place for the registry that writes them
 (stores/registry.py) and the machines that only read them from origin (rnn/serving/fetch.py):
-``<name>@v<N>.0.0`` registers a version, ``<name>#<stage>#<n>`` is a stage's n-th assignment."""
+``<name>@v<N>.0.0`` registers a version, ``<name>#<stage>#<n>`` is the model's n-th assignment
+(of any stage), here of ``stage``."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def assignment_tag(name: str, stage: str, number: int) -> str:
 
 
 def assignment_pattern(name: str, stage: str) -> str:
-    """A git ref pattern for every assignment of ``stage`` to a version of ``name``."""
+    """A git ref pattern for every assignment of ``stage`` (``*``: of any stage) to a version of
+    ``name``. The number counts all of ``name``'s assignments, whatever their stage (GTO's)."""
     return f"{name}#{stage}#*"
 
 

@@ -161,3 +161,16 @@ def test_promoted_tags_migrate_into_the_registry(origin, tmp_path):
     assert "prod already holds v1.0.0" in sh(ROOT, *cli, "migrate", "-w", str(b))
     c = clone(origin, tmp_path / "c", remote)
     assert sh(ROOT, *cli, "list", "-w", str(c)).split() == [NAME, "v1.0.0", "prod:", "v1.0.0"]
+    # a person assigns staging; what the command line is given wrong is one line, status 2
+    assert "v1.0.0 is now in staging" in sh(c, *cli, "assign", NAME, "v1.0.0", "staging")
+    listed = sh(ROOT, *cli, "list", "-w", str(c)).split()
+    assert listed == [NAME, "v1.0.0", "staging:", "v1.0.0,", "prod:", "v1.0.0"]
+    for args, says in (
+        (["assign", NAME, "v9.0.0", "prod"], "has no version v9.0.0"),
+        (["assign", NAME, "v1.0.0", "qa"], "unknown stage 'qa'"),
+        (["history", "tf-scratch-gru"], "is not an artifact of dvc.yaml"),
+        (["list", "-w", str(tmp_path)], "is not a clone of the project"),
+    ):
+        done = subprocess.run([*cli, *args], cwd=c, capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert says in done.stderr
