@@ -34,12 +34,14 @@ from flows.plan import (
 )
 from rnn.config import Params
 from rnn.errors import PipelineError
+from rnn.evaluation.report import CURVES_PNG
 from rnn.names import THREADS_ENV as ENGINE_THREADS_ENV
 from rnn.registry import grid
 from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 from stores import dvc_sync, registry
 from stores.checkpoints import collect_finished
+from tasks.pictures import show_picture
 from tasks.stages import (
     evaluate_task,
     report_task,
@@ -192,7 +194,7 @@ def _pipeline(
     trained_now = [t["run"] for t in training if not t.get("reused")]
     plan.reuse("report")  # restores it where the run-cache has it; rewriting is the same
     rows = report_task(root, runs)
-    publish(rows, evals)
+    publish(rows, evals, ws.reports / CURVES_PNG)
     result: dict[str, Any] = {
         "runs": [r["run"] for r in rows],
         "report": rows,
@@ -263,8 +265,9 @@ def experiment_name() -> str:
     return f"{flow_run.name}-{str(flow_run.id)[:8]}"
 
 
-def publish(rows: list[dict], evals: list[dict]) -> None:
-    """The comparison as Prefect artifacts: a table and the generated samples."""
+def publish(rows: list[dict], evals: list[dict], curves: Path) -> None:
+    """The comparison as Prefect artifacts: a table, the perplexity curves of every run as a
+    picture (tasks/pictures.py) and the generated samples."""
     create_table_artifact(
         key="rnn-comparison",
         table=[
@@ -286,6 +289,14 @@ def publish(rows: list[dict], evals: list[dict]) -> None:
         ],
         description="Perplexities, throughput and wall time per backend x variant",
     )
+    if curves.is_file():
+        show_picture(
+            "rnn-curves",
+            "Perplexity per epoch",
+            curves.read_bytes(),
+            "Train (solid) and validation (dashed) perplexity of every run of the grid.",
+            "The comparison's perplexity curves",
+        )
     lines = ["# Samples", ""]
     for e in evals:
         for prefix, text in e["samples"].items():

@@ -21,7 +21,6 @@ instead of starting them twice, and no trial is lost. Run one sweep flow per stu
 
 from __future__ import annotations
 
-import base64
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,7 @@ from rnn.search.trial import storage_from_env
 from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 from stores import dvc_sync
+from tasks.pictures import markdown_image
 from tasks.pool import TRAIN_DEPLOYMENT
 from tasks.stages import report_task
 
@@ -380,7 +380,7 @@ def publish(ws: Workspace, search: SweepConfig, study: optuna.Study) -> dict[str
         description=f"sweep {search.study}: every trial, the best first",
     )
     plots = [
-        f"![{name}](data:image/png;base64,{base64.b64encode((out / name).read_bytes()).decode()})"
+        markdown_image((out / name).read_bytes(), name)
         for name in (HISTORY_PNG, PARAMS_PNG, IMPORTANCE_PNG)
         if (out / name).is_file()
     ]

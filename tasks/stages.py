@@ -25,6 +25,7 @@ from tasks.caching import StageFiles
 
 JSON_RESULTS = {"persist_result": True, "result_serializer": "json"}
 PROGRESS_EVERY_S = 2.0  # progress-artifact updates at most this often (and at the last epoch)
+CURVES_EVERY_S = 30.0  # the curves' picture likewise: drawing one costs ~0.1 s of a core
 
 
 def _ingest_reads(ws: Workspace, args: dict) -> list[Path]:
@@ -78,28 +79,41 @@ def partition_task(workdir: str, params: dict, reuse: bool = False) -> dict:
 
 
 class EpochReporter:
-    """Per-epoch log lines in the flow run's logs and a Prefect progress artifact (percent).
-    The artifact is a courtesy: while the API is unreachable (a server or database restart)
-    training goes on without it."""
+    """Per-epoch log lines in the flow run's logs, and two Prefect artifacts kept up to date: a
+    progress bar (percent) and the perplexity curves as a picture (tasks/pictures.py). The
+    artifacts are a courtesy: while the API is unreachable (a server or database restart)
+    training goes on without them."""
 
     def __init__(self, run: str) -> None:
         self.logger = get_run_logger()
-        self.last_update = 0.0
-        self.artifact = None
-        self._try(self._create, run)
+        self.run = run
+        self.last_update = self.last_curves = 0.0
+        self.progress = self.curves = None
+        self.rows: list[dict] = []
+        self._try(self._create)
 
-    def _create(self, run: str) -> None:
+    def _create(self) -> None:
         from prefect.artifacts import create_progress_artifact
 
-        self.artifact = create_progress_artifact(
-            0.0, key=f"train-{run}", description=f"training {run}: epochs done, percent"
+        self.progress = create_progress_artifact(
+            0.0, key=f"train-{self.run}", description=f"training {self.run}: epochs done, percent"
         )
 
     def _update(self, percent: float) -> None:
         from prefect.artifacts import update_progress_artifact
 
-        if self.artifact is not None:
-            update_progress_artifact(self.artifact, percent)
+        if self.progress is not None:
+            update_progress_artifact(self.progress, percent)
+
+    def _draw(self, total: int) -> None:
+        from tasks.pictures import show_curves
+
+        curves = {
+            split: [(r["epoch"], r[f"{split}/perplexity"]) for r in self.rows
+                    if r.get(f"{split}/perplexity") is not None]
+            for split in ("train", "valid")
+        }  # fmt: skip
+        self.curves = show_curves(self.curves, f"curves-{self.run}", self.run, curves, total)
 
     def _try(self, call, *args) -> None:
         import httpx
@@ -113,10 +127,14 @@ class EpochReporter:
         from rnn.training.progress import epoch_line
 
         self.logger.info(epoch_line(run, row, total))
-        now = time.monotonic()
-        if row["epoch"] == total or now - self.last_update >= PROGRESS_EVERY_S:
+        self.rows.append(row)
+        now, last = time.monotonic(), row["epoch"] == total
+        if last or now - self.last_update >= PROGRESS_EVERY_S:
             self._try(self._update, 100.0 * row["epoch"] / total)
             self.last_update = now
+        if last or now - self.last_curves >= CURVES_EVERY_S:
+            self._try(self._draw, total)
+            self.last_curves = time.monotonic()  # drawing takes time too
 
 
 @task(

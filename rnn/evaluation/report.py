@@ -41,12 +41,13 @@ class ReportRow:
 
 
 def _read_curve(metrics_dir: Path, name: str) -> list[tuple[int, float]]:
+    """(epoch, value) of one metric; dvclive counts steps from 0, epochs count from 1."""
     path = metrics_dir / "plots" / "metrics" / f"{name}.tsv"
     if not path.is_file():
         return []
     with open(path, newline="") as f:
         return [
-            (int(r["step"]), float(r[name.split("/")[-1]]))
+            (int(r["step"]) + 1, float(r[name.split("/")[-1]]))
             for r in csv.DictReader(f, delimiter="\t")
         ]
 
@@ -98,26 +99,47 @@ def markdown_table(rows: list[ReportRow]) -> str:
     return "\n".join(lines + samples) + "\n"
 
 
+Curve = list[tuple[int, float]]  # (epoch, perplexity)
+
+
 def plot_curves(runs: dict[str, Path], out: Path) -> None:
+    """The perplexity curves of ``runs`` (their metrics directories), as a PNG file."""
+    curves = {
+        run: {
+            split: _read_curve(metrics_dir, f"{split}/perplexity") for split in ("train", "valid")
+        }
+        for run, metrics_dir in runs.items()
+    }
+    out.write_bytes(curves_png(curves))
+
+
+def curves_png(curves: dict[str, dict[str, Curve]], size: tuple[float, float] = (7, 4.5)) -> bytes:
+    """Train (solid) and validation (dashed) perplexity per epoch of each run, log scale, as PNG
+    bytes (the same picture for the report and the Prefect UI)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, metrics_dir in runs.items():
+    fig, ax = plt.subplots(figsize=size)
+    for run, splits in curves.items():
         for split, style in (("train", "-"), ("valid", "--")):
-            curve = _read_curve(metrics_dir, f"{split}/perplexity")
-            if curve:
-                ax.plot(*zip(*curve, strict=True), style, label=f"{run} {split}")
+            if splits.get(split):
+                ax.plot(*zip(*splits[split], strict=True), style, label=f"{run} {split}")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110, metadata={"Software": None})
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=110 if size[0] >= 7 else 80, metadata={"Software": None})
     plt.close(fig)
+    return out.getvalue()
 
 
 def build_report(runs: list[RunFiles], out_dir: str | Path) -> list[ReportRow]:

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from rnn.export.bundle import MANIFEST
+from tests.support.browser import chromium, needs_chromium
 from tests.support.workspace import ROOT, free_port, stop, tiny_params
 
-CHROMIUM = Path("/usr/bin/chromium")
 RUNS = ("torch-scratch-rnn", "torch-concise-rnn")
 TOKEN = "s3rve-t0ken-for-the-test"
 
@@ -196,35 +196,25 @@ def test_the_token(workspace):
     assert TOKEN not in logs
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+@needs_chromium
 def test_the_page_shows_every_models_text_side_by_side(workspace, server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     expected = {
         run: httpx.post(f"{server}/generate",
                         json={"model": run, "prefix": "a time", "length": 80,
                               "temperature": 1.0, "seed": 4}).text
         for run in RUNS
     }  # fmt: skip
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 600})
-            page.goto(server)
-            page.fill("#prefix", "a time")
-            page.fill("#length", "80")
-            page.fill("#temperature", "1")
-            page.fill("#seed", "4")
-            page.click("#go")
-            for run in RUNS:
-                card = page.locator(f'[data-model="{run}"] .text')
-                card.and_(page.locator('[data-done="true"]')).wait_for(timeout=20_000)
-                assert card.inner_text() == expected[run]
-            page.screenshot(path=str(tmp_path / "page.png"))
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 600})
+        page.goto(server)
+        page.fill("#prefix", "a time")
+        page.fill("#length", "80")
+        page.fill("#temperature", "1")
+        page.fill("#seed", "4")
+        page.click("#go")
+        for run in RUNS:
+            card = page.locator(f'[data-model="{run}"] .text')
+            card.and_(page.locator('[data-done="true"]')).wait_for(timeout=20_000)
+            assert card.inner_text() == expected[run]
+        page.screenshot(path=str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 10_000
