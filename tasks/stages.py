@@ -106,6 +106,12 @@ class EpochReporter:
             update_progress_artifact(self.progress, percent)
 
     def _draw(self, total: int) -> None:
+        try:
+            self._show_curves(total)
+        except Exception as err:  # a picture is never worth a training
+            self.logger.warning(f"curves not drawn (training goes on): {err!r}"[:300])
+
+    def _show_curves(self, total: int) -> None:
         from tasks.pictures import show_curves
 
         curves = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +116,16 @@ def plot_curves(runs: dict[str, Path], out: Path) -> None:
 
 def curves_png(curves: dict[str, dict[str, Curve]], size: tuple[float, float] = (7, 4.5)) -> bytes:
     """Train (solid) and validation (dashed) perplexity per epoch of each run, log scale, as PNG
-    bytes (the same picture for the report and the Prefect UI)."""
+    bytes (the same picture for the report and the Prefect UI). One drawing at a time: pyplot
+    and its mathtext parser are not thread-safe, and a flow trains its runs in threads."""
+    with _DRAWING:
+        return _curves_png(curves, size)
+
+
+_DRAWING = threading.Lock()
+
+
+def _curves_png(curves: dict[str, dict[str, Curve]], size: tuple[float, float]) -> bytes:
     import io
 
     import matplotlib
