@@ -69,7 +69,7 @@ from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
 from stores import dvc_sync
 from tasks.pictures import markdown_image
-from tasks.pool import TRAIN_DEPLOYMENT
+from tasks.pool import TRAIN_DEPLOYMENT, training_queue
 from tasks.stages import report_task
 
 FLOW_RUN = "flow_run"  # a trial's user attribute: its (latest) training flow run's id
@@ -228,6 +228,7 @@ def train_trial(
             },
             flow_run_name=experiment_name(study, number) + (f"-retry{attempt}" if attempt else ""),
             idempotency_key=f"{key}-{attempt}",
+            work_queue_name=training_queue(params),
             timeout=0,
         )
         trial.set_user_attr(FLOW_RUN, str(child.id))

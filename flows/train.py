@@ -32,7 +32,7 @@ from flows.plan import (
 )
 from rnn.config import load_params
 from rnn.errors import PipelineError
-from rnn.names import TRAINING_LIMIT
+from rnn.names import TRAINING_GPU_LIMIT, TRAINING_LIMIT, wants_gpu
 from rnn.registry import RunKey
 from rnn.store.lock import workspace_lock
 from rnn.workspace import Workspace
@@ -44,15 +44,16 @@ from tasks.stages import evaluate_task, train_task
 SLOT_LEASE_S = 60  # a dead holder's slot frees itself after this long
 
 
-def training_slot(on_pool: bool, processes: int = 1):
-    """A slot of the pool's training limit per process the training starts (train.data_parallel;
-    strict: a missing limit is an error, not a warning); a run outside a deployment (tests, a
-    laptop) takes none."""
+def training_slot(on_pool: bool, processes: int = 1, device: str = "cpu"):
+    """A slot of the pool's training limit (the GPU limit for train.device cuda) per process
+    the training starts (train.data_parallel; strict: a missing limit is an error, not a
+    warning); a run outside a deployment (tests, a laptop) takes none."""
     if not on_pool:
         return nullcontext()
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(TRAINING_LIMIT, occupy=processes, strict=True, lease_duration=SLOT_LEASE_S)
+    limit = TRAINING_GPU_LIMIT if wants_gpu(device) else TRAINING_LIMIT
+    return concurrency(limit, occupy=processes, strict=True, lease_duration=SLOT_LEASE_S)
 
 
 def check_out(root: Path, sha: str) -> None:
@@ -119,7 +120,8 @@ def _train_variant(ws, backend, variant, model, params, params_file, code, trial
     train_stage, eval_stage = names["train"][0], names["evaluate"][0]
     reuse = plan.reuse(train_stage)
     on_pool = deployment.id is not None and not reuse
-    with training_slot(on_pool, processes=run_params.train.data_parallel):
+    train_cfg = run_params.train
+    with training_slot(on_pool, train_cfg.data_parallel, train_cfg.device):
         trained = with_outputs(train_task, ws.model(run), stale=plan.needs_work(train_stage))(
             root, pdict, backend, variant, model, share_checkpoints=shared, reuse=reuse, trial=trial
         )

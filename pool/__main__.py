@@ -63,6 +63,10 @@ def up(
             "mode 600; or set PREFECT_SERVER_API_AUTH_STRING)"
         ),
     ] = True,
+    gpu_workers: Annotated[
+        int, typer.Option(min=0, help="how many of the workers (the last) have GPUs")
+    ] = 0,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs on each of those workers")] = 1,
 ) -> None:
     """Start (or complete) the stack: database, server, pool with its queues and limits, the
     zombie-run automation, variables, deployments, and N workers. Running it again starts only
@@ -89,6 +93,8 @@ def up(
         remote_endpoint,
         threads,
         auth,
+        gpu_workers,
+        gpus,
     )
     try:
         state = stack.up(home, settings)
@@ -120,10 +126,15 @@ def worker(
     name: Annotated[
         str | None, typer.Option(help="the machine's name (default: host name)")
     ] = None,
+    gpus: Annotated[
+        int, typer.Option(min=0, help="this machine's GPUs: a trainer on training-gpu, one per")
+    ] = 0,
 ) -> None:
-    """Run this machine's two workers of the pool in the foreground (for a service manager): a
-    trainer taking --slots trainings at once, each given cores / slots threads, and a
-    coordinator taking one pipeline or retraining run; heartbeats on. Set RNN_DVC_REMOTE (and
+    """Run this machine's workers of the pool in the foreground (for a service manager): a
+    trainer taking --slots trainings at once, each given cores / slots threads, a coordinator
+    taking one pipeline or retraining run, and with --gpus N a trainer taking the trainings with
+    train.device cuda, N at once (raise the pool's `rnn-training-gpu` limit by N); heartbeats
+    on. Set RNN_DVC_REMOTE (and
     AWS_* for S3) in its environment, and PREFECT_API_AUTH_STRING where the server requires
     it (the stack's is in its stack.env). Stops both on SIGTERM or when either exits."""
     import signal
@@ -141,7 +152,8 @@ def worker(
         THREADS_ENV: str(max(1, cores // slots)),
     }
     settings = Settings(workers=1, slots=slots)
-    procs = [subprocess.Popen(cmd, env=env) for cmd in machine_workers(settings, machine).values()]
+    workers = machine_workers(settings, machine, gpus).values()
+    procs = [subprocess.Popen(cmd, env=env) for cmd in workers]
     signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])
     try:
         while all(p.poll() is None for p in procs):

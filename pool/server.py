@@ -17,13 +17,12 @@ from pool.state import (
     PIPELINE_QUEUE,
     POOL,
     PROJECT,
-    TRAINING_QUEUE,
     ZOMBIE_AUTOMATION,
     Settings,
     State,
     base_env,
 )
-from rnn.names import TRAINING_LIMIT
+from rnn.names import TRAINING_GPU_LIMIT, TRAINING_GPU_QUEUE, TRAINING_LIMIT, TRAINING_QUEUE
 from rnn.ports import free_port
 
 
@@ -104,6 +103,10 @@ def training_slots(settings: Settings) -> int:
     return settings.workers * settings.slots
 
 
+def gpu_slots(settings: Settings) -> int:
+    return min(settings.gpu_workers, settings.workers) * settings.gpus
+
+
 def configure(state: State) -> None:
     """Pool, queues and their limits, the training-slot limit, variables, automation, deploys.
     Coordinating runs (pipelines, retraining) and trainings have queues and workers of their own
@@ -111,14 +114,23 @@ def configure(state: State) -> None:
     s = state.settings
     if prefect(state, "work-pool", "inspect", POOL, check=False).returncode != 0:
         prefect(state, "work-pool", "create", POOL, "--type", "process")
-    for queue, limit in ((PIPELINE_QUEUE, s.workers), (TRAINING_QUEUE, training_slots(s))):
+    queues = (
+        (PIPELINE_QUEUE, s.workers),
+        (TRAINING_QUEUE, training_slots(s)),
+        (TRAINING_GPU_QUEUE, max(1, gpu_slots(s))),  # served only where a machine has GPUs
+    )
+    for queue, limit in queues:
         if prefect(state, "work-queue", "inspect", queue, "-p", POOL, check=False).returncode:
             prefect(state, "work-queue", "create", queue, "-p", POOL)
         prefect(state, "work-queue", "set-concurrency-limit", queue, str(limit), "-p", POOL)
-    if prefect(state, "gcl", "inspect", TRAINING_LIMIT, check=False).returncode == 0:
-        prefect(state, "gcl", "update", TRAINING_LIMIT, "--limit", str(training_slots(s)))
-    else:
-        prefect(state, "gcl", "create", TRAINING_LIMIT, "--limit", str(training_slots(s)))
+    # CPU and GPU trainings take slots of limits of their own: neither waits on the other's
+    for limit, slots in ((TRAINING_LIMIT, training_slots(s)), (TRAINING_GPU_LIMIT, gpu_slots(s))):
+        verb = (
+            "update"
+            if prefect(state, "gcl", "inspect", limit, check=False).returncode == 0
+            else "create"
+        )
+        prefect(state, "gcl", verb, limit, "--limit", str(max(1, slots)))
     origin = s.origin or str(PROJECT)
     prefect(state, "variable", "set", "rnn_git_origin", origin, "--overwrite")
     prefect(state, "variable", "set", "rnn_git_ref", s.ref, "--overwrite")

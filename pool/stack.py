@@ -14,7 +14,7 @@ from pathlib import Path
 from pool import postgres
 from pool.postgres import StackError
 from pool.processes import alive, healthy, stop_tree
-from pool.server import configure, ensure_database, ensure_server, training_slots
+from pool.server import configure, ensure_database, ensure_server, gpu_slots, training_slots
 from pool.state import Settings, State, ensure_auth, load_state, save_state
 from pool.workers import ensure_workers
 
@@ -97,4 +97,5 @@ def status(home: Path) -> dict:
         "server": alive(state.server_pid) and healthy(state.api_url),
         "workers": {n: alive(p) for n, p in state.workers.items()},
         "training_slots": training_slots(state.settings),
+        "gpu_slots": gpu_slots(state.settings),
     }

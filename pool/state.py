@@ -15,7 +15,7 @@ from rnn.names import WORK_POOL
 POOL = WORK_POOL
 
 
-PIPELINE_QUEUE, TRAINING_QUEUE = "pipelines", "training"
+PIPELINE_QUEUE = "pipelines"
 
 
 ZOMBIE_AUTOMATION = "rnn-crash-zombie-flow-runs"
@@ -41,6 +41,8 @@ class Settings:
     remote_endpoint: str | None = None
     threads: int | None = None  # per training; None: this machine's cores / its slots
     auth: bool = True  # the API requires PREFECT_API_AUTH_STRING (generated, kept in state.json)
+    gpu_workers: int = 0  # the last this many machines have GPUs: a trainer on training-gpu each
+    gpus: int = 1  # GPUs on each of those machines (its GPU trainer's slots)
 
 
 @dataclass

@@ -10,16 +10,26 @@ from pathlib import Path
 
 from pool.postgres import Cluster
 from pool.processes import alive, spawn, stop_tree
-from pool.state import BIN, PIPELINE_QUEUE, POOL, TRAINING_QUEUE, Settings, State, base_env
-from rnn.names import DVC_REMOTE_ENDPOINT_ENV, DVC_REMOTE_ENV, SWEEP_STORAGE_ENV
+from pool.state import BIN, PIPELINE_QUEUE, POOL, Settings, State, base_env
+from rnn.names import (
+    DVC_REMOTE_ENDPOINT_ENV,
+    DVC_REMOTE_ENV,
+    SWEEP_STORAGE_ENV,
+    TRAINING_GPU_QUEUE,
+    TRAINING_QUEUE,
+)
 
 
-def machine_workers(settings: Settings, machine: str) -> dict[str, list[str]]:
-    """The two workers of one machine, by name: a trainer on the training queue taking
-    ``slots`` runs at once (so a machine never trains more than it has slots for), and a
-    coordinator on the pipelines queue taking one pipeline or retraining run at a time."""
+def machine_workers(settings: Settings, machine: str, gpus: int = 0) -> dict[str, list[str]]:
+    """The workers of one machine, by name: a trainer on the training queue taking ``slots``
+    runs at once (so a machine never trains more than it has slots for), a coordinator on the
+    pipelines queue taking one pipeline or retraining run at a time, and on a machine with
+    ``gpus`` GPUs a trainer on the training-gpu queue taking one run per GPU."""
     start = [str(BIN / "prefect"), "worker", "start", "--pool", POOL]
+    gpu = f"{machine}-gpu"
+    on_gpus = {gpu: [*start, "--name", gpu, "-q", TRAINING_GPU_QUEUE, "--limit", str(gpus)]}
     return {
+        **(on_gpus if gpus else {}),
         machine: [*start, "--name", machine, "-q", TRAINING_QUEUE, "--limit", str(settings.slots)],
         f"{machine}-pipelines": [
             *start,
@@ -95,7 +105,8 @@ def ensure_workers(home: Path, state: State) -> None:
     wanted_names = set()
     for i in range(1, s.workers + 1):
         machine = machine_dir(home, f"worker-{i}")
-        for name, cmd in machine_workers(s, machine.name).items():
+        gpus = s.gpus if i > s.workers - s.gpu_workers else 0  # the last gpu_workers machines
+        for name, cmd in machine_workers(s, machine.name, gpus).items():
             wanted_names.add(name)
             if not alive(state.workers.get(name)):
                 state.workers[name] = spawn(

@@ -27,3 +27,11 @@ KILL_ENV = "RNN_KILL_AT"  # a kill point to stop at (rnn/faults.py)
 # the pool's Prefect names
 WORK_POOL = "rnn-pool"
 TRAINING_LIMIT = "rnn-training"  # the global concurrency limit: training slots of the pool
+TRAINING_GPU_LIMIT = "rnn-training-gpu"  # the same for GPUs: one slot per GPU of the pool
+TRAINING_QUEUE, TRAINING_GPU_QUEUE = "training", "training-gpu"  # CPU and GPU trainings
+GPU_DEVICES = ("cuda", "gpu")  # the train.device values that want a GPU machine
+
+
+def wants_gpu(device: str) -> bool:
+    """A training whose ``train.device`` is one of these goes to the GPU queue and its slots."""
+    return device in GPU_DEVICES

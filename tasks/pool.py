@@ -11,9 +11,17 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from rnn.names import TRAINING_GPU_QUEUE, TRAINING_QUEUE, wants_gpu
 from rnn.registry import RunKey
 
 TRAIN_DEPLOYMENT = "rnn-train/default"
+
+
+def training_queue(params: dict[str, Any]) -> str:
+    """The pool's queue for a training with ``params``: GPU machines take train.device cuda."""
+    return TRAINING_GPU_QUEUE if wants_gpu(params["train"]["device"]) else TRAINING_QUEUE
+
+
 CRASH_RETRIES = 2
 
 
@@ -55,6 +63,7 @@ def train_on_worker(
             "code": code,
         },
         flow_run_name=run_label,
+        work_queue_name=training_queue(params),
         timeout=None,  # wait for it to finish, however long training takes
         poll_interval=2,
     )

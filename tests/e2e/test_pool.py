@@ -15,7 +15,8 @@ DVC remote, and two process workers, each in a directory of its own standing for
 5. The server killed and brought back by `pool up`, then the database restarted, under a pipeline
    that trains: the run rides both out and completes; the workers are left running.
 6. A soak of 4 tiny runs (twice the slots) queued at once over the two workers: all complete,
-   twins agree.
+   twins agree; beside them a training with train.device cuda goes to the training-gpu queue,
+   served by worker-2's GPU trainer, where it fails with the one-line "no CUDA" error.
 7. The API credential and the S3 secret are in no file the pipeline wrote and no git object.
 8. A corpus of one's own added with `rnn corpus add` (pushed to the S3 remote, nowhere else a
    worker can read it): a pipeline run on it completes. The whole pool runs with every proxy
@@ -284,11 +285,35 @@ def a_pipeline_rides_out_server_and_database_restarts(pool: Pool) -> str:
     return survivor
 
 
-def a_soak_of_trainings_completes(pool: Pool) -> list[str]:
+def a_gpu_training_starts(pool: Pool) -> str:
+    """A pipeline whose training asks for CUDA; returns its id (a_gpu_training_went_to_the_gpu
+    checks where it went)."""
+    cuda = {"train": {"device": "cuda"}}
+    return pool.api.start(
+        "rnn-pipeline/pool",
+        {**pool.base, "backend": "torch", "variant": "scratch", "overrides": cuda},
+    )
+
+
+def a_gpu_training_went_to_the_gpu(pool: Pool, parent: str) -> None:
+    """The CUDA training ran on the training-gpu queue, on the machine with a GPU (worker-2's
+    GPU trainer), and failed there with the one-line "no CUDA" error (no GPU on this machine)."""
+    api = pool.api
+    final = api.wait_final([parent])[parent]
+    assert final.state.is_failed(), final.state
+    (child,) = api.children(parent)
+    child = api.run(str(child.id))
+    assert child.work_queue_name == "training-gpu" and child.state.is_failed(), child.state
+    assert "PyTorch sees no CUDA device; fix: set train.device" in child.state.message
+    assert api.machine_of(str(child.id)) == "worker-2"
+
+
+def a_soak_of_trainings_completes(pool: Pool, alongside: str) -> list[str]:
     """Twice as many tiny trainings as the pool has slots, queued at once over the two workers,
-    2 learning rates twice each: every one completes, with its twin's result only (a twin that
-    starts after the other finished restores it from the run-cache instead of training). Returns
-    their run ids."""
+    2 learning rates twice each, ``alongside`` a GPU training: every one completes, with its
+    twin's result only (a twin that starts after the other finished restores it from the
+    run-cache instead of training); the GPU training took none of their slots. Returns their
+    run ids."""
     api = pool.api
     rates = [round(0.55 + 0.1 * i, 2) for i in range(2)] * 2  # none trained before
     soak: dict[float, list[str]] = {}
@@ -309,6 +334,7 @@ def a_soak_of_trainings_completes(pool: Pool) -> list[str]:
     assert all(len(ppl) == 1 for ppl in results.values()), results  # twins agree
     assert len({next(iter(ppl)) for ppl in results.values()}) == len(results)  # rates differ
     assert {api.machine_of(i) for i in ids} == {"worker-1", "worker-2"}
+    a_gpu_training_went_to_the_gpu(pool, alongside)
     # none left running or pending (the weekly deployment's future runs are only scheduled)
     assert not [r for r in api.all_runs() if r.state.is_running() or r.state.is_pending()]
     return ids
@@ -352,7 +378,8 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         step("auth checked")
         survivor = a_pipeline_rides_out_server_and_database_restarts(pool)
         step("the pipeline completed across the restarts")
-        soak = a_soak_of_trainings_completes(pool)
+        gpu = a_gpu_training_starts(pool)
+        soak = a_soak_of_trainings_completes(pool, alongside=gpu)
         step(f"soak of {len(soak)} runs done")
         no_secret_in_any_output(pool, [survivor, *soak[:2]])
         own_corpus_from_the_remote_alone(pool)

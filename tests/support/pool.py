@@ -29,7 +29,10 @@ CRASH_BOUND_S = ZOMBIE_AFTER_S + HEARTBEAT_S + 15
 # (~2 min alone, up to twice that beside other tests on 2 cores), with room for the restarts.
 RESTART_BOUND_S = 420
 RUN_TIMEOUT_S = 900
-MACHINE_WORKERS = ("worker-1", "worker-1-pipelines", "worker-2", "worker-2-pipelines")
+# worker-2 stands for a machine with a GPU: a trainer of its own on the training-gpu queue
+MACHINE_WORKERS = (
+    "worker-1", "worker-1-pipelines", "worker-2", "worker-2-pipelines", "worker-2-gpu"
+)  # fmt: skip
 
 
 # No network but the machine itself: every client that honours the proxy variables (requests,
@@ -246,7 +249,8 @@ def new_pool(tmp_path: Path, s3_remote: dict[str, str]) -> Pool:
           "--heartbeat", str(HEARTBEAT_S), "--zombie-after", str(ZOMBIE_AFTER_S),
           "--origin", str(make_origin(tmp_path, tiny_params())),
           "--remote", s3_remote["RNN_DVC_REMOTE"],
-          "--remote-endpoint", s3_remote["RNN_DVC_REMOTE_ENDPOINT"]]  # fmt: skip
+          "--remote-endpoint", s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
+          "--gpu-workers", "1", "--gpus", "1"]  # fmt: skip
     env = clean_env({**{k: v for k, v in s3_remote.items() if k.startswith("AWS_")}, **OFFLINE})
     origin = Path(up[up.index("--origin") + 1])
     return Pool(home, origin, tmp_path, s3_remote, env, clean_env(s3_remote), up)
