@@ -18,6 +18,7 @@ from flows.pipeline import pipeline
 from flows.plan import machine_name
 from rnn.errors import PipelineError
 from rnn.evaluation.evaluate import read_eval
+from rnn.names import PROMOTED_EVENT
 from rnn.workspace import Workspace
 from stores import dvc_sync, registry
 
@@ -42,6 +43,8 @@ def decide(ws: Workspace, run: str, experiment: str) -> dict[str, Any]:
     elif old is None or candidate < old:
         won = registry.assign(ws.root, run, version, registry.PROD)
         decision = "promoted" if won else "kept current (another run promoted first)"
+        if won:
+            announce_promotion(run, version.version, candidate, held and held[0].version, old)
     return {
         "run": run,
         "version": version.version,
@@ -51,6 +54,25 @@ def decide(ws: Workspace, run: str, experiment: str) -> dict[str, Any]:
         "decision": decision,
         "experiment": experiment,
     }
+
+
+def announce_promotion(
+    run: str, version: str, perplexity: float, previous_version: str | None, previous: float | None
+) -> None:
+    """The promotion as a Prefect event (PROMOTED_EVENT): the pool's alerts (pool/alerts.py)
+    send it to the webhook."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event=PROMOTED_EVENT,
+        resource={"prefect.resource.id": f"rnn.model.{run}", "prefect.resource.name": run},
+        payload={
+            "version": version,
+            "perplexity": round(perplexity, 4),
+            "previous_version": previous_version,
+            "previous_perplexity": None if previous is None else round(previous, 4),
+        },
+    )
 
 
 @flow(name="rnn-retrain", persist_result=True, result_serializer="json", log_prints=True)

@@ -67,6 +67,16 @@ def up(
         int, typer.Option(min=0, help="how many of the workers (the last) have GPUs")
     ] = 0,
     gpus: Annotated[int, typer.Option(min=1, help="GPUs on each of those workers")] = 1,
+    notify: Annotated[
+        str | None,
+        typer.Option(
+            help="a webhook URL for alerts (failed or crashed runs, promotions); kept only in a "
+            'Prefect block\'s secrets. Pass it from the environment: --notify "$RNN_NOTIFY_URL"'
+        ),
+    ] = None,
+    notify_window: Annotated[
+        int, typer.Option(min=1, help="seconds in which a deployment's failures are one alert")
+    ] = 600,
 ) -> None:
     """Start (or complete) the stack: database, server, pool with its queues and limits, the
     zombie-run automation, variables, deployments, and N workers. Running it again starts only
@@ -97,7 +107,7 @@ def up(
         gpus,
     )
     try:
-        state = stack.up(home, settings)
+        state = stack.up(home, settings, notify, notify_window)
     except StackError as err:
         fail(err)
     typer.echo(json.dumps(stack.status(home)))
@@ -164,6 +174,29 @@ def worker(
         for p in procs:
             p.wait()
     raise typer.Exit(max(p.returncode or 0 for p in procs))
+
+
+@app.command()
+def notify(
+    api: Annotated[str, typer.Option(help="the Prefect API URL, e.g. http://server:4200/api")],
+    window: Annotated[
+        int, typer.Option(min=1, help="seconds in which a deployment's failures are one alert")
+    ] = 600,
+) -> None:
+    """Install the alerts on a pool set up by hand: a message to the webhook in RNN_NOTIFY_URL
+    (read from the environment, so it stays out of shell history and process lists) when a
+    flow run fails or crashes, and when a model is promoted. PREFECT_API_AUTH_STRING in the
+    environment where the server requires it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pool import alerts
+
+    url = os.environ.get("RNN_NOTIFY_URL")
+    if not url:
+        fail(ValueError("RNN_NOTIFY_URL is not set: export the webhook's URL in it"))
+    with temporary_settings({PREFECT_API_URL: api}):
+        alerts.install(url, window)
+    typer.echo(json.dumps({"alerts": [alerts.FAILURES, alerts.PROMOTIONS], "window_s": window}))
 
 
 @app.command()

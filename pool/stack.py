@@ -19,7 +19,7 @@ from pool.state import Settings, State, ensure_auth, load_state, save_state
 from pool.workers import ensure_workers
 
 
-def up(home: Path, settings: Settings) -> State:
+def up(home: Path, settings: Settings, notify: str | None = None, window_s: int = 600) -> State:
     home.mkdir(parents=True, exist_ok=True)
     state = load_state(home) or State(settings)
     if state.settings.db != settings.db and (state.pg or alive(state.server_pid)):
@@ -35,10 +35,24 @@ def up(home: Path, settings: Settings) -> State:
         ensure_server(home, state, db_url)
         save_state(home, state)
         configure(state)
+        if notify:
+            install_alerts(state, notify, window_s)
         ensure_workers(home, state)
     finally:
         save_state(home, state)
     return state
+
+
+def install_alerts(state: State, webhook_url: str, window_s: int) -> None:
+    """The alerts (pool/alerts.py) on this stack's server; the URL goes into its block only."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from pool import alerts
+
+    with temporary_settings(
+        {PREFECT_API_URL: state.api_url, PREFECT_API_AUTH_STRING: state.auth_string}
+    ):
+        alerts.install(webhook_url, window_s)
 
 
 def down(home: Path, purge: bool = False) -> list[str]:

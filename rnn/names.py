@@ -25,6 +25,7 @@ TORCH_ONEDNN_ENV = "RNN_TORCH_ONEDNN"  # 0: no oneDNN weight packing
 KILL_ENV = "RNN_KILL_AT"  # a kill point to stop at (rnn/faults.py)
 
 # the pool's Prefect names
+PROMOTED_EVENT = "rnn.model.promoted"  # emitted by the retraining (flows/retrain.py), alerted on
 WORK_POOL = "rnn-pool"
 TRAINING_LIMIT = "rnn-training"  # the global concurrency limit: training slots of the pool
 TRAINING_GPU_LIMIT = "rnn-training-gpu"  # the same for GPUs: one slot per GPU of the pool

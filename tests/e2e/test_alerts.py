@@ -1,0 +1,138 @@
+"""Alerts (pool/alerts.py) with a real `prefect server` (its automation services on), served
+deployments and a webhook receiver on 127.0.0.1: five failures of one deployment within the
+window are one message, naming the run, its one-line reason and its link in the UI; a crashed run
+is one message; a promotion is one message with both perplexities; the receiver's URL is in no
+log, artifact or API answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.support.workspace import ROOT, free_port, spawn_logged, stop, tail, wait_healthy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+MESSAGES_WITHIN_S = 120
+
+
+class Receiver:
+    """A webhook on 127.0.0.1 that keeps every JSON body it is sent."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/s3cret-path"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def wait_for(received: list, count: int, what: str, log: Path) -> None:
+    deadline = time.monotonic() + MESSAGES_WITHIN_S
+    while len(received) < count:
+        assert time.monotonic() < deadline, f"{what}: {received}\n{tail(log)}"
+        time.sleep(0.5)
+
+
+def test_failures_crashes_and_promotions_reach_the_webhook(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.retrain import announce_promotion
+    from pool import alerts
+
+    port, receiver = free_port(), Receiver()
+    api, ui = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_UI_URL": ui,  # the links in the messages
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    })  # fmt: skip
+    server_log, served_log = tmp_path / "server.log", tmp_path / "served.log"
+    server = spawn_logged(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path, env, server_log,
+    )  # fmt: skip
+    served = None
+    try:
+        wait_healthy(api, server, server_log, 90)
+        with temporary_settings({PREFECT_API_URL: api}):
+            alerts.install(receiver.url, window_s=600)
+            served = spawn_logged(
+                [sys.executable, "-m", "tests.support.alert_flows"], ROOT,
+                {**env, "PREFECT_API_URL": api, "PYTHONPATH": str(ROOT)}, served_log,
+            )  # fmt: skip
+            failing = [
+                run_deployment("always-fails/alerts", timeout=120, poll_interval=1)
+                for _ in range(5)
+            ]
+            assert all(r.state.is_failed() for r in failing), [r.state for r in failing]
+            crashed = run_deployment("crashes/alerts", timeout=120, poll_interval=1)
+            assert crashed.state.is_crashed(), crashed.state
+            wait_for(
+                receiver.received, 2, "a message for the failures and one for the crash", server_log
+            )
+            announce_promotion("torch-scratch-rnn", "v2.0.0", 5.1234, "v1.0.0", 5.5)
+            wait_for(receiver.received, 3, "a message for the promotion", server_log)
+            time.sleep(10)  # the four failures after the first stay quiet
+            with get_client(sync_client=True) as client:
+                logs = [log.message for log in client.read_logs()]
+                artifacts = [str(a.data) for a in client.read_artifacts()]
+                block = client.read_block_document_by_name(alerts.BLOCK, "custom-webhook")
+        texts = [m["text"] for m in receiver.received]
+        assert len(texts) == 3, texts
+        failure = next(t for t in texts if "always-fails" in t)
+        names = {r.name for r in failing}
+        assert any(f"Flow run {n} " in failure for n in names), failure
+        first = next(r for r in failing if f"Flow run {r.name} " in failure)
+        assert "ended Failed" in failure and "the corpus URL answered 404" in failure
+        assert f"{ui}/runs/flow-run/{first.id}" in failure
+        crash = next(t for t in texts if "crashes" in t)
+        assert f"Flow run {crashed.name} " in crash and "ended Crashed" in crash
+        assert f"{ui}/runs/flow-run/{crashed.id}" in crash
+        promotion = next(t for t in texts if "is now prod" in t)
+        assert "torch-scratch-rnn v2.0.0 is now prod" in promotion
+        assert "5.1234" in promotion and "5.5" in promotion and "v1.0.0" in promotion
+        # the URL: in the block's secrets only (obfuscated in the API's answers)
+        secret = receiver.url.split("//", 1)[1]
+        assert secret not in json.dumps(block.model_dump(mode="json"))
+        for where, text in (
+            ("server log", server_log.read_text(errors="replace")),
+            ("served log", served_log.read_text(errors="replace")),
+            ("run logs", "\n".join(logs)),
+            ("artifacts", "\n".join(artifacts)),
+        ):
+            assert secret not in text, where  # fmt: skip
+        tracked = subprocess.run(["git", "grep", "-l", secret], cwd=ROOT, capture_output=True)
+        assert tracked.returncode == 1  # in no file in git
+    finally:
+        if served is not None:
+            stop(served)
+        stop(server)
+        receiver.close()
