@@ -21,9 +21,9 @@ WINDOW_S = 600  # failures of one deployment within this many seconds: one messa
 
 FAILURE_SUBJECT = "rnn pool: {{ flow_run.name }} {{ flow_run.state.name | lower }}"
 FAILURE_BODY = (
-    "Flow run {{ flow_run.name }} ({{ deployment.name if deployment else flow.name }}) ended "
-    "{{ flow_run.state.name }}: {{ (flow_run.state.message or 'no message') | truncate(300) }} "
-    "{{ flow_run | ui_url }}"
+    "Flow run {{ flow_run.name }} of {{ flow.name }}{{ '/' ~ deployment.name if deployment else '' }}"
+    " ended {{ flow_run.state.name }}: {{ (flow_run.state.message or 'no message') | truncate(300) }}"
+    " - {{ flow_run | ui_url }}"
 )
 PROMOTION_SUBJECT = "rnn pool: {{ event.resource['prefect.resource.name'] }} promoted"
 PROMOTION_BODY = (

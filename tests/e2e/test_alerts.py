@@ -55,6 +55,37 @@ def wait_for(received: list, count: int, what: str, log: Path) -> None:
         time.sleep(0.5)
 
 
+def served_up(served, log: Path) -> None:
+    """Wait until the served process registered both deployments."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + 90
+    with get_client(sync_client=True) as client:
+        for name in ("always-fails/alerts", "crashes/alerts"):
+            while True:
+                assert served.poll() is None and time.monotonic() < deadline, tail(log)
+                try:
+                    client.read_deployment_by_name(name)
+                    break
+                except ObjectNotFound:
+                    time.sleep(0.5)
+
+
+def final(runs: list) -> list:
+    """``runs`` (flow runs) once each reached a final state, read again."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + 180
+    with get_client(sync_client=True) as client:
+        while True:
+            now = [client.read_flow_run(r.id) for r in runs]
+            if all(r.state.is_final() for r in now):
+                return now
+            assert time.monotonic() < deadline, [r.state for r in now]
+            time.sleep(1)
+
+
 def test_failures_crashes_and_promotions_reach_the_webhook(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -88,32 +119,33 @@ def test_failures_crashes_and_promotions_reach_the_webhook(tmp_path):
                 [sys.executable, "-m", "tests.support.alert_flows"], ROOT,
                 {**env, "PREFECT_API_URL": api, "PYTHONPATH": str(ROOT)}, served_log,
             )  # fmt: skip
-            failing = [
-                run_deployment("always-fails/alerts", timeout=120, poll_interval=1)
-                for _ in range(5)
-            ]
+            served_up(served, served_log)
+            started = [run_deployment("always-fails/alerts", timeout=0) for _ in range(5)]
+            started.append(run_deployment("crashes/alerts", timeout=0))
+            *failing, crashed = final(started)
             assert all(r.state.is_failed() for r in failing), [r.state for r in failing]
-            crashed = run_deployment("crashes/alerts", timeout=120, poll_interval=1)
             assert crashed.state.is_crashed(), crashed.state
             wait_for(
                 receiver.received, 2, "a message for the failures and one for the crash", server_log
             )
             announce_promotion("torch-scratch-rnn", "v2.0.0", 5.1234, "v1.0.0", 5.5)
             wait_for(receiver.received, 3, "a message for the promotion", server_log)
-            time.sleep(10)  # the four failures after the first stay quiet
+            time.sleep(5)  # the four failures after the first stay quiet
             with get_client(sync_client=True) as client:
                 logs = [log.message for log in client.read_logs()]
                 artifacts = [str(a.data) for a in client.read_artifacts()]
-                block = client.read_block_document_by_name(alerts.BLOCK, "custom-webhook")
+                block = client.read_block_document_by_name(
+                    alerts.BLOCK, "custom-webhook", include_secrets=False
+                )  # what the API and the UI show
         texts = [m["text"] for m in receiver.received]
         assert len(texts) == 3, texts
-        failure = next(t for t in texts if "always-fails" in t)
+        failure = next(t for t in texts if " of always-fails/alerts ended Failed: " in t)
         names = {r.name for r in failing}
         assert any(f"Flow run {n} " in failure for n in names), failure
         first = next(r for r in failing if f"Flow run {r.name} " in failure)
         assert "ended Failed" in failure and "the corpus URL answered 404" in failure
         assert f"{ui}/runs/flow-run/{first.id}" in failure
-        crash = next(t for t in texts if "crashes" in t)
+        crash = next(t for t in texts if " of crashes/alerts ended " in t)
         assert f"Flow run {crashed.name} " in crash and "ended Crashed" in crash
         assert f"{ui}/runs/flow-run/{crashed.id}" in crash
         promotion = next(t for t in texts if "is now prod" in t)
