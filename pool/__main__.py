@@ -191,9 +191,9 @@ def notify(
 
     from pool import alerts
 
-    url = os.environ.get("RNN_NOTIFY_URL")
+    url = os.environ.get(alerts.URL_ENV)
     if not url:
-        fail(ValueError("RNN_NOTIFY_URL is not set: export the webhook's URL in it"))
+        fail(ValueError(f"{alerts.URL_ENV} is not set: export the webhook's URL in it"))
     with temporary_settings({PREFECT_API_URL: api}):
         alerts.install(url, window)
     typer.echo(json.dumps({"alerts": [alerts.FAILURES, alerts.PROMOTIONS], "window_s": window}))

@@ -18,6 +18,7 @@ from rnn.names import PROMOTED_EVENT
 BLOCK = "rnn-pool-alerts"  # the notification block document's name
 FAILURES, PROMOTIONS = "rnn-alert-failed-runs", "rnn-alert-promotions"  # the automations
 WINDOW_S = 600  # failures of one deployment within this many seconds: one message
+URL_ENV = "RNN_NOTIFY_URL"  # where `python -m pool notify` reads the webhook's URL
 
 FAILURE_SUBJECT = "rnn pool: {{ flow_run.name }} {{ flow_run.state.name | lower }}"
 FAILURE_BODY = (

@@ -17,10 +17,13 @@ DVC remote, and two process workers, each in a directory of its own standing for
 6. A soak of 4 tiny runs (twice the slots) queued at once over the two workers: all complete,
    twins agree; beside them a training with train.device cuda goes to the training-gpu queue,
    served by worker-2's GPU trainer, where it fails with the one-line "no CUDA" error.
-7. The API credential and the S3 secret are in no file the pipeline wrote and no git object.
+7. The API credential, the S3 secret and the alerts' webhook URL are in no file the pipeline
+   wrote and no git object.
 8. A corpus of one's own added with `rnn corpus add` (pushed to the S3 remote, nowhere else a
    worker can read it): a pipeline run on it completes. The whole pool runs with every proxy
    pointing at a closed port, so nothing but 127.0.0.1 is reachable.
+9. `pool up --notify`: a message reached the webhook for the crashed training, the failed CUDA
+   pipeline and each promotion.
 Everything started is stopped by `pool down --purge` and checked gone.
 """
 
@@ -202,8 +205,13 @@ def retraining_promotes_where_every_machine_sees_it(pool: Pool) -> None:
     again = api.start("rnn-retrain/weekly", {"backend": "torch", "fan_out": True})
     done = api.wait_final([again])[again]
     assert done.state.is_completed(), api.logs(again)[-20:]
-    kept = [m for m in api.logs(again) if "kept current (prod holds this model)" in m]
-    assert len(kept) == 2, api.logs(again)[-20:]
+
+    # (the decisions are its last log lines: they may reach the API just after its final state)
+    def decisions() -> list[str]:
+        return [m for m in api.logs(again) if ": kept current" in m or ": promoted" in m]
+
+    wait_until(lambda: len(decisions()) == 2, 30, "the second retraining's decisions")
+    assert all("kept current (prod holds this model)" in m for m in decisions()), decisions()
     tags = git("ls-remote", "--tags", "--refs", str(pool.origin), cwd=pool.tmp).split()
     assert sorted(t.removeprefix("refs/tags/") for t in tags if "#prod#" in t) == prod
     other = next(m for m in ("worker-1", "worker-2") if m != promoter)
@@ -342,7 +350,8 @@ def a_soak_of_trainings_completes(pool: Pool, alongside: str) -> list[str]:
 
 def no_secret_in_any_output(pool: Pool, run_ids: list[str]) -> None:
     """The API credential and the S3 secret key are in no file, git object or run log."""
-    secrets_ = [pool.state["auth_string"], pool.s3["AWS_SECRET_ACCESS_KEY"]]
+    webhook = pool.receiver.url.split("//", 1)[1]
+    secrets_ = [pool.state["auth_string"], pool.s3["AWS_SECRET_ACCESS_KEY"], webhook]
     home = pool.home
     leaks = secrets_in(
         home, pool.origin, secrets_, exclude={home / "state.json", home / "stack.env"}
@@ -361,6 +370,16 @@ def own_corpus_from_the_remote_alone(pool: Pool) -> None:
     final = pool.api.wait_final([offline])[offline]
     assert final.state.is_completed(), pool.api.logs(offline)[-20:]
     assert experiment(pool.origin, final, pool.tmp)["params"]["ingest"]["source"] == own
+
+
+def the_alerts_reached_the_webhook(pool: Pool) -> None:
+    """`pool up --notify`: the killed machine's training (Crashed), the CUDA pipeline (Failed)
+    and the first retraining's two promotions each sent a message; the second retraining none."""
+    texts = pool.receiver.texts()
+    assert any(" of rnn-train/default ended Crashed: " in t for t in texts), texts
+    assert any(" of rnn-pipeline/pool ended Failed: " in t for t in texts), texts
+    promoted = sorted(t.split(" ", 1)[0] for t in texts if " is now prod: " in t)
+    assert promoted == ["torch-concise-rnn", "torch-scratch-rnn"], texts
 
 
 def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote, tiny_repro_hashes):
@@ -384,5 +403,6 @@ def test_pool_fans_out_survives_a_dead_machine_and_promotes(tmp_path, s3_remote,
         no_secret_in_any_output(pool, [survivor, *soak[:2]])
         own_corpus_from_the_remote_alone(pool)
         step("own corpus from the remote alone done")
+        the_alerts_reached_the_webhook(pool)
     finally:
         everything_started_is_stopped(pool)

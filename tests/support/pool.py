@@ -19,6 +19,7 @@ import psutil
 import yaml
 
 from tests.support.machines import git, make_origin, model_hashes
+from tests.support.webhook import Receiver
 from tests.support.workspace import ROOT, free_port, tiny_params
 
 HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 60  # Prefect's shortest heartbeat; two of them
@@ -233,6 +234,7 @@ class Pool:
     env: dict[str, str]  # the stack's: offline, with the S3 keys
     check_env: dict[str, str]  # the test's own DVC calls
     up: list[str]
+    receiver: Receiver  # the alerts' webhook (`pool up --notify`)
     api: Api | None = None
     state: dict = field(default_factory=dict)
     stack_pids: list[int] = field(default_factory=list)
@@ -244,16 +246,16 @@ class Pool:
 
 
 def new_pool(tmp_path: Path, s3_remote: dict[str, str]) -> Pool:
-    home, port = tmp_path / "stack", free_port()
+    home, port, receiver = tmp_path / "stack", free_port(), Receiver()
     up = ["up", "--home", str(home), "--workers", "2", "--slots", "1", "--port", str(port),
           "--heartbeat", str(HEARTBEAT_S), "--zombie-after", str(ZOMBIE_AFTER_S),
           "--origin", str(make_origin(tmp_path, tiny_params())),
           "--remote", s3_remote["RNN_DVC_REMOTE"],
           "--remote-endpoint", s3_remote["RNN_DVC_REMOTE_ENDPOINT"],
-          "--gpu-workers", "1", "--gpus", "1"]  # fmt: skip
+          "--gpu-workers", "1", "--gpus", "1", "--notify", receiver.url]  # fmt: skip
     env = clean_env({**{k: v for k, v in s3_remote.items() if k.startswith("AWS_")}, **OFFLINE})
     origin = Path(up[up.index("--origin") + 1])
-    return Pool(home, origin, tmp_path, s3_remote, env, clean_env(s3_remote), up)
+    return Pool(home, origin, tmp_path, s3_remote, env, clean_env(s3_remote), up, receiver)
 
 
 def step(what: str) -> None:
@@ -276,6 +278,7 @@ def stack_comes_up_once(pool: Pool) -> None:
 
 def everything_started_is_stopped(pool: Pool) -> None:
     """`pool down --purge` stops the server, the workers and PostgreSQL, and removes the home."""
+    pool.receiver.close()
     saved = pool.home / "state.json"
     pg = json.loads(saved.read_text()).get("pg") if saved.is_file() else None
     pg_dir = (pg or {}).get("data_dir", "/nonexistent-pg-dir")
