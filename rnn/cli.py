@@ -150,6 +150,17 @@ def partition(params: ParamsOpt = None, workdir: WorkdirOpt = None) -> None:
 
 Backend = Annotated[str, typer.Option("--backend", "-b", help="torch | tf")]
 Variant = Annotated[str, typer.Option("--variant", "-v", help="scratch | concise")]
+# a workspace's run, or with --from a registered model (generate, export)
+RunBackend = Annotated[str | None, typer.Option("--backend", "-b", help="torch | tf")]
+RunVariant = Annotated[str | None, typer.Option("--variant", "-v", help="scratch | concise")]
+OriginOpt = Annotated[
+    str | None,
+    typer.Option("--from", help="a project's git origin: use its registry's model instead"),
+]
+ArtifactOpt = Annotated[
+    str | None, typer.Option(help="with --from: the model's name (torch-scratch-rnn, ...)")
+]
+StageOpt = Annotated[str, typer.Option(help="with --from: the stage whose model to use")]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -221,22 +232,15 @@ def evaluate(
 
 @app.command()
 def export(
-    backend: Annotated[str | None, typer.Option("--backend", "-b", help="torch | tf")] = None,
-    variant: Annotated[
-        str | None, typer.Option("--variant", "-v", help="scratch | concise")
-    ] = None,
+    backend: RunBackend = None,
+    variant: RunVariant = None,
     model: ModelOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="where to write it [default: WORKDIR/data/export/RUN]")
     ] = None,
-    origin: Annotated[
-        str | None,
-        typer.Option("--from", help="a project's git origin: export its registry's model"),
-    ] = None,
-    artifact: Annotated[
-        str | None, typer.Option(help="with --from: the model's name (torch-scratch-rnn, ...)")
-    ] = None,
-    stage: Annotated[str, typer.Option(help="with --from: whose model to export")] = "prod",
+    origin: OriginOpt = None,
+    artifact: ArtifactOpt = None,
+    stage: StageOpt = "prod",
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -343,24 +347,17 @@ def report(
 
 @app.command()
 def generate(
-    backend: Annotated[str | None, typer.Option("--backend", "-b", help="torch | tf")] = None,
-    variant: Annotated[
-        str | None, typer.Option("--variant", "-v", help="scratch | concise")
-    ] = None,
+    backend: RunBackend = None,
+    variant: RunVariant = None,
     model: ModelOpt = None,
     prefix: Annotated[str, typer.Option(help="text to warm the state up on")] = "time traveller",
     num_preds: Annotated[int, typer.Option(min=1)] = 50,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy argmax")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0, help="sample among the k likeliest; 0 = all")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
-    origin: Annotated[
-        str | None,
-        typer.Option("--from", help="a project's git origin: use its registry's model instead"),
-    ] = None,
-    artifact: Annotated[
-        str | None, typer.Option(help="with --from: the model's name (torch-scratch-rnn, ...)")
-    ] = None,
-    stage: Annotated[str, typer.Option(help="with --from: whose model to use")] = "prod",
+    origin: OriginOpt = None,
+    artifact: ArtifactOpt = None,
+    stage: StageOpt = "prod",
     params: ParamsOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
