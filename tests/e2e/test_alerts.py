@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.webhook import Receiver
-from tests.support.workspace import ROOT, free_port, spawn_logged, stop, tail, wait_healthy
+from tests.support.workspace import (
+    ROOT,
+    drain_prefect_clients,
+    free_port,
+    spawn_logged,
+    stop,
+    tail,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -109,6 +117,7 @@ def test_failures_crashes_and_promotions_reach_the_webhook(tmp_path):
             with get_client(sync_client=True) as client:
                 logs = [log.message for log in client.read_logs()]
                 artifacts = [str(a.data) for a in client.read_artifacts()]
+                drain_prefect_clients()
                 block = client.read_block_document_by_name(
                     alerts.BLOCK, "custom-webhook", include_secrets=False
                 )  # what the API and the UI show

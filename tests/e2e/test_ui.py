@@ -16,7 +16,14 @@ import pytest
 import yaml
 
 from tests.support.browser import chromium, needs_chromium
-from tests.support.workspace import free_port, spawn_logged, stop, tiny_params, wait_healthy
+from tests.support.workspace import (
+    drain_prefect_clients,
+    free_port,
+    spawn_logged,
+    stop,
+    tiny_params,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, needs_chromium]
 BIN = Path(sys.executable).parent
@@ -84,6 +91,7 @@ def test_training_curves_and_the_comparison_render_in_the_ui(tmp_path, monkeypat
                         flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
                     )
                 )
+            drain_prefect_clients()
         by_key = {a.key: a for a in arts}
         epochs = params["train"]["epochs"]
         for run in RUNS:

@@ -22,7 +22,8 @@ from rnn.export.bundle import MANIFEST, verified_bundle
 from rnn.serving.runtime import OnnxModel
 from stores import registry
 from tests.support.machines import git, make_origin
-from tests.support.workspace import ROOT, free_port, stop, tiny_params
+from tests.support.serving import rnn_serve
+from tests.support.workspace import ROOT, tiny_params
 
 NAME = "torch-scratch-rnn"
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -115,24 +116,8 @@ def test_serve_follows_prod_without_dropping_a_request(project, tmp_path):
     work, origin = project["work"], project["origin"]
     old_model = local_export(work, tmp_path / "v1")
     old_text = "".join(old_model.stream_text("the", 60_000, **SAMPLED))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rnn.cli", "serve", "--from", str(origin), "--port", str(port),
-         "--reload-every", "0.3", "--max-length", "100000"],
-        cwd=tmp_path, env=project["env"], stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "rnn serve --from did not come up"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+    args = ["--from", str(origin), "--reload-every", "0.3", "--max-length", "100000"]
+    with rnn_serve(args, tmp_path, tmp_path, project["env"], up_within=90) as url:
         listed = httpx.get(f"{url}/models").json()
         assert [(m["name"], m["stage"], m["version"]) for m in listed] == [
             (NAME, "prod", project["first"].version)
@@ -144,7 +129,9 @@ def test_serve_follows_prod_without_dropping_a_request(project, tmp_path):
             second = train_and_promote(work, 0.5)  # a retrained version takes prod
             deadline = time.monotonic() + 120
             while httpx.get(f"{url}/models").json()[0]["version"] != second.version:
-                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline, [
+                    p.read_text() for p in tmp_path.glob("serve-*")
+                ]
                 time.sleep(0.3)
             rest = "".join(pieces)
         assert response.headers["x-model-version"] == project["first"].version
@@ -152,6 +139,3 @@ def test_serve_follows_prod_without_dropping_a_request(project, tmp_path):
         new_text = "".join(local_export(work, tmp_path / "v2").stream_text("the", 300, **SAMPLED))
         after = httpx.post(f"{url}/generate", json={**body, "length": 300}).text
         assert after == new_text != old_text[:300]
-    finally:
-        stop(server)
-        log.close()

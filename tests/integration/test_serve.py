@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,8 @@ import yaml
 
 from rnn.export.bundle import MANIFEST
 from tests.support.browser import chromium, needs_chromium
-from tests.support.workspace import ROOT, free_port, stop, tiny_params
+from tests.support.serving import rnn_serve
+from tests.support.workspace import ROOT, free_port, tiny_params
 
 RUNS = ("torch-scratch-rnn", "torch-concise-rnn")
 TOKEN = "s3rve-t0ken-for-the-test"
@@ -52,31 +52,9 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
-@contextmanager
-def serving(ws: Path, *args: str, env: dict | None = None) -> Iterator[str]:
-    """`rnn serve` on a free port until the block ends; yields its base URL."""
-    port = free_port()
-    log = open(ws.parent / f"serve-{port}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rnn.cli", "serve", "--port", str(port), "--workdir", str(ws),
-         "--reload-every", "0.2", *args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (ws.parent / f"serve-{port}.log").read_text()
-            assert time.monotonic() < deadline, "rnn serve did not come up"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        stop(proc)
-        log.close()
+def serving(ws: Path, *args: str, env: dict | None = None):
+    """`rnn serve` of the workspace ``ws``, reloading every 0.2 s."""
+    return rnn_serve(["--workdir", str(ws), "--reload-every", "0.2", *args], ROOT, ws.parent, env)
 
 
 @pytest.fixture(scope="module")

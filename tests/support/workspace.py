@@ -28,3 +28,14 @@ def tiny_params(lr: float = 1.0) -> dict:
 def copy_project(dest: Path, params: dict | None = None, git: bool = True) -> Path:
     """The project copied to ``dest`` (pool/checkout.py) with ``params`` (default: tiny)."""
     return checkout.copy_project(dest, params or tiny_params(), git)
+
+
+def drain_prefect_clients() -> None:
+    """Send this process's queued Prefect logs and events now and stop their workers, while the
+    server they go to is up: a test that points the client at a server of its own and then stops
+    it would otherwise leave a worker that never drains (the session's harness waits on it)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
