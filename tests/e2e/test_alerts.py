@@ -74,7 +74,6 @@ def test_failures_crashes_and_promotions_reach_the_webhook(tmp_path):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.retrain import announce_promotion
     from pool import alerts
 
     port, receiver = free_port(), Receiver()
@@ -111,7 +110,16 @@ def test_failures_crashes_and_promotions_reach_the_webhook(tmp_path):
             wait_for(
                 receiver.received, 2, "a message for the failures and one for the crash", server_log
             )
-            announce_promotion("torch-scratch-rnn", "v2.0.0", 5.1234, "v1.0.0", 5.5)
+            # in a process of its own, as the retraining's: this one's event client may be
+            # bound to another test's server
+            code = (
+                "from flows.retrain import announce_promotion; "
+                "announce_promotion('torch-scratch-rnn', 'v2.0.0', 5.1234, 'v1.0.0', 5.5)"
+            )
+            subprocess.run(
+                [sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120,
+                env={**env, "PREFECT_API_URL": api, "PYTHONPATH": str(ROOT)},
+            )  # fmt: skip
             wait_for(receiver.received, 3, "a message for the promotion", server_log)
             time.sleep(5)  # the four failures after the first stay quiet
             with get_client(sync_client=True) as client:

@@ -22,7 +22,8 @@ from tests.support.machines import git, make_origin, model_hashes
 from tests.support.webhook import Receiver
 from tests.support.workspace import ROOT, free_port, tiny_params
 
-HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 60  # Prefect's shortest heartbeat; two of them
+HEARTBEAT_S, ZOMBIE_AFTER_S = 30, 90  # Prefect's shortest heartbeat; three of them (the default):
+# with two, a coordinator whose heartbeat came late under the whole suite's load was crashed
 # Crashed within: the automation's window, plus at most one heartbeat interval (the last beat
 # may have come just before the kill... or up to one interval earlier) and its evaluation.
 CRASH_BOUND_S = ZOMBIE_AFTER_S + HEARTBEAT_S + 15
