@@ -134,11 +134,11 @@ def verified_bundle(model_dir: Path) -> Bundle:
             "retrain it (`dvc repro`), or write one with `rnn export`",
         )
     data = manifest.read_bytes()
-    parsed = json.loads(data)
+    parsed, checksum = json.loads(data), sha256(data)
     weights = parsed.get("source", {}).get("weights_sha256")
-    if sha256(data) != record[EXPORT_SHA_KEY] or weights != record.get("weights_sha256"):
+    if checksum != record[EXPORT_SHA_KEY] or weights != record.get("weights_sha256"):
         raise PipelineError(
             f"{manifest} does not match {model_dir}'s record (damaged or from another run)",
             "restore the model (`dvc checkout`, or `dvc pull`) or retrain it (`dvc repro`)",
         )
-    return Bundle(bundle, parsed, sha256(data))
+    return Bundle(bundle, parsed, checksum)

@@ -10,7 +10,7 @@ from pathlib import Path
 from rnn.backends.world import World
 from rnn.config import Params
 from rnn.data.tokens import VOCAB_FILE, Vocab
-from rnn.export.bundle import EXPORT_SHA_KEY, MANIFEST, bundle_of, write_bundle
+from rnn.export.bundle import EXPORT_SHA_KEY, MANIFEST, bundle_of, sha256, write_bundle
 from rnn.registry import RunKey
 from rnn.store.atomic import atomic_dir
 from rnn.store.record import RECORD_FILE, WEIGHTS_FILE, file_sha256, write_weights
@@ -46,7 +46,7 @@ def publish(
         else:
             engine.save(tmp / WEIGHTS_FILE, metadata=meta)
         weights = (tmp / WEIGHTS_FILE).read_bytes()
-        record["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)  # checked before loading
+        record["weights_sha256"] = sha256(weights)  # checked before loading
         vocab_bytes = (Path(vocab_dir) / VOCAB_FILE).read_bytes()
         write_bundle(bundle_of(tmp), run.name, record, weights, vocab_bytes)
         record[EXPORT_SHA_KEY] = file_sha256(bundle_of(tmp) / MANIFEST)
